@@ -1,0 +1,93 @@
+"""Loading a saved draft back through the registry (``draftsmith.load_draft``).
+
+Every draft's ``config.json`` carries a ``draftsmith`` block written by its plugin::
+
+    "draftsmith": {"method": "eagle3", "draft_class": "draftsmith_eagle.draft_llama:LlamaEagle3DraftModel",
+                   "target_architectures": ["Qwen3ForCausalLM"], "target_layer_ids": [1, 2, 3],
+                   "layer_id_convention": "output-of-layer", "version": "0.1.0"}
+
+Loading never imports a class named by the file itself: the class must be one a registered spec points at
+(for that method), so a crafted checkpoint cannot make draftsmith import arbitrary code. Weights are read
+from safetensors only.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .errors import DraftNotFoundError, DraftsmithError
+
+METADATA_KEY = "draftsmith"
+LAYER_ID_CONVENTION = "output-of-layer"
+
+
+def draft_metadata(method: str, draft_class: str, target_config: Any, *, target_layer_ids: Any = None,
+                   **extra: Any) -> dict[str, Any]:
+    """The ``draftsmith`` block a plugin stores in its draft config."""
+    from . import __version__
+
+    block = {
+        "method": method,
+        "draft_class": draft_class,
+        "target_architectures": list(getattr(target_config, "architectures", None) or []),
+        "target_model_type": getattr(target_config, "model_type", None),
+        "target_num_hidden_layers": getattr(target_config, "num_hidden_layers", None),
+        "target_layer_ids": list(target_layer_ids) if target_layer_ids is not None else None,
+        "layer_id_convention": LAYER_ID_CONVENTION,
+        "version": __version__,
+    }
+    block.update(extra)
+    return block
+
+
+def read_draft_metadata(path: str | Path) -> dict[str, Any]:
+    """The ``draftsmith`` block of a saved draft directory, with clear errors for missing/malformed files."""
+    path = Path(path)
+    config_file = path / "config.json"
+    if not path.is_dir():
+        raise DraftsmithError(f"draft directory {str(path)!r} does not exist")
+    if not config_file.is_file():
+        raise DraftsmithError(f"{str(path)!r} has no config.json: not a saved draft")
+    try:
+        config = json.loads(config_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise DraftsmithError(f"{config_file}: invalid JSON ({exc})") from None
+    block = config.get(METADATA_KEY)
+    if not isinstance(block, dict) or "method" not in block:
+        raise DraftsmithError(f"{config_file} has no '{METADATA_KEY}' block with a 'method': not a draftsmith draft")
+    if not any(p.suffix == ".safetensors" for p in path.iterdir()):
+        raise DraftsmithError(f"{str(path)!r} holds no .safetensors weights")
+    return block
+
+
+def resolve_saved_draft_class(block: dict[str, Any]) -> type:
+    """The registered draft class a saved draft's metadata names."""
+    from .plugins import get_registry
+
+    registry = get_registry()
+    method = block["method"]
+    wanted = block.get("draft_class")
+    canon = registry.draft_method(method)
+    for m, _arch, spec, _status in registry.iter_entries(canon):
+        if spec.draft_class_path == wanted:
+            return spec.load_draft_cls()
+    archs = block.get("target_architectures") or []
+    if archs:
+        return registry.resolve(method, archs).load_draft_cls()
+    raise DraftNotFoundError(f"saved draft class {wanted!r} for method {method!r} is not registered by any "
+                             f"installed plugin")
+
+
+def load_draft(path: str | Path, *, dtype: Any = None, device: Any = None) -> Any:
+    """Load a draft saved by ``save_pretrained`` (or by ``draftsmith train``) as an identical module."""
+    block = read_draft_metadata(path)
+    cls = resolve_saved_draft_class(block)
+    kwargs: dict[str, Any] = {}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    model = cls.from_pretrained(str(path), **kwargs)
+    if device is not None:
+        model = model.to(device)
+    return model.eval()

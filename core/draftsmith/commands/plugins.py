@@ -1,0 +1,39 @@
+"""`draftsmith plugins`: installed plugins, their versions, hooks, methods and load errors."""
+
+from __future__ import annotations
+
+import json
+
+HELP = "list installed plugins, their hooks, methods and load errors"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def run(args) -> int:
+    from draftsmith import get_plugin_manager
+
+    manager = get_plugin_manager()
+    methods = manager.registry.methods()
+    plugins = [
+        {"plugin": p.name, "distribution": p.distribution, "version": p.version, "module": p.module,
+         "hooks": list(p.hooks), "status": "ok",
+         "methods": sorted(n for n, m in methods.items() if m.plugin == p.name)}
+        for p in manager.loaded
+    ]
+    plugins += [{"plugin": b.name, "distribution": b.distribution, "version": b.version, "status": "broken",
+                 "error": b.error} for b in manager.broken]
+    plugins += [{"plugin": name, "status": "disabled"} for name in manager.skipped]
+    if args.json:
+        print(json.dumps({"plugins": plugins, "methods": [m.describe() for m in methods.values()]}, indent=2))
+        return 0
+    from ._table import render_table
+
+    print(render_table(["PLUGIN", "DISTRIBUTION", "VERSION", "STATUS", "METHODS / ERROR"],
+                       [[p["plugin"], p.get("distribution"), p.get("version"), p["status"],
+                         ", ".join(p.get("methods", [])) or p.get("error", "")] for p in plugins]))
+    for p in plugins:
+        if p.get("hooks"):
+            print(f"\n{p['plugin']} hooks: {', '.join(p['hooks'])}")
+    return 0

@@ -1,0 +1,215 @@
+"""Method registrations and the runtime contracts between core and a method plugin.
+
+Core's trainer, decoder and exporter know nothing about EAGLE, DFlash or DSpark: they only talk to a method
+through the :class:`MethodSpec` its plugin registers (``draftsmith_register_methods``). This module is
+torch-free at import time (it is loaded by ``draftsmith list-drafts``); tensors appear only in annotations.
+
+Conventions fixed here (DESIGN §6):
+
+* A **layer id** means "output of decoder layer i" (HF ``hidden_states[i + 1]``), captured pre-final-norm with
+  forward hooks; ``-1`` is the embedding output.
+* ``final_hidden`` is the *post-final-norm* last hidden state, i.e. exactly the ``lm_head`` input, so
+  ``heads.lm_head(final_hidden)`` are the target's logits. Methods that need target logits ask for
+  ``final_hidden`` and apply ``heads.lm_head`` themselves (offline feature files then stay small: H per token,
+  not V).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence
+
+from .spec import import_object, object_path
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+
+@dataclasses.dataclass(frozen=True)
+class TargetRequest:
+    """Which target tensors a method needs for one batch (training) or one verified span (decoding)."""
+
+    layer_ids: tuple[int, ...] = ()  # output-of-layer ids (-1 = embedding output), in the order the draft wants
+    final_hidden: bool = False  # post-final-norm hidden (the lm_head input)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layer_ids", tuple(int(i) for i in self.layer_ids))
+
+
+@dataclasses.dataclass
+class TargetFeatures:
+    """Captured target tensors for a batch; every tensor is ``(B, T, ·)`` aligned with the input positions."""
+
+    hidden_states: dict[int, "torch.Tensor"]  # layer id -> (B, T, H)
+    final_hidden: "torch.Tensor | None" = None  # (B, T, H), post-norm
+
+    def stacked(self, layer_ids: Sequence[int]) -> "torch.Tensor":
+        """The requested layers concatenated on the last dim: (B, T, len(layer_ids)·H)."""
+        import torch
+
+        return torch.cat([self.hidden_states[i] for i in layer_ids], dim=-1)
+
+
+@dataclasses.dataclass
+class TargetHeads:
+    """The target's frozen token embedding and output head, shared with drafts as each method requires.
+
+    ``embed_tokens`` is an ``nn.Embedding`` and ``lm_head`` an ``nn.Linear`` (full target vocab). They are
+    never trained; a method decides whether its draft copies them or references them.
+    """
+
+    embed_tokens: Any
+    lm_head: Any
+    vocab_size: int
+    pad_token_id: int | None = None
+    eos_token_ids: tuple[int, ...] = ()
+
+
+@dataclasses.dataclass
+class ObjectiveOutput:
+    """What an objective returns for one micro-batch.
+
+    ``loss`` is the scalar to back-propagate, already normalised the way the method defines (per valid token,
+    weighted mean, ...). ``metrics`` are detached scalars (floats or 0-d tensors) for logging, e.g.
+    ``accuracy``, ``tau_sim`` (simulated acceptance length), ``acc@k``. ``num_tokens`` counts supervised
+    tokens (for throughput and for weighting metrics across micro-batches).
+    """
+
+    loss: "torch.Tensor"
+    metrics: dict[str, Any]
+    num_tokens: int
+
+
+class Objective(Protocol):
+    """A method's training objective, built once per run by ``MethodSpec.objective``.
+
+    Constructed as ``objective_cls(draft, heads, **options)``; it may bind the target heads into the draft
+    (copy or reference) and prepare method state (e.g. EAGLE-3's draft vocabulary from token counts).
+    """
+
+    def target_request(self) -> TargetRequest:
+        """The target tensors ``__call__`` needs."""
+        ...
+
+    def __call__(self, batch: Mapping[str, "torch.Tensor"], features: TargetFeatures) -> ObjectiveOutput:
+        """Loss and metrics for ``batch`` (``input_ids``, ``attention_mask``, ``loss_mask``, optional
+        ``position_ids``; all ``(B, T)``) given the captured target features of that batch."""
+        ...
+
+
+@dataclasses.dataclass
+class Proposal:
+    """Draft tokens for one speculative round (batch size 1).
+
+    ``tokens[i]`` is a drafted token id (target vocab). ``parents[i]`` is the index of the node it follows, or
+    ``-1`` when it directly follows the anchor; ``parents=None`` means a chain (``parents[i] = i - 1``).
+    ``probs[i]`` is the draft distribution ``q`` the token was drawn from, over the full target vocab, needed
+    for rejection sampling at temperature > 0 (``None`` for greedy drafting).
+    """
+
+    tokens: "torch.Tensor"  # (k,) long
+    probs: "torch.Tensor | None" = None  # (k, V) float
+    parents: "torch.Tensor | None" = None  # (k,) long, -1 = the anchor
+
+
+class Drafter(Protocol):
+    """A method's drafting procedure for speculative decoding, one request at a time.
+
+    Constructed as ``drafter_cls(draft, heads, **options)``. The engine owns the target and its KV cache;
+    the drafter owns the draft and its own cache. Round protocol (positions are absolute):
+
+    1. ``start(prompt_ids, features)`` after the target prefill: ``features`` cover positions ``0..n-1``.
+    2. ``propose(anchor, num_tokens, temperature)``: the anchor is the last committed token (position
+       ``n``), whose target features are not known yet. Returns a :class:`Proposal`.
+    3. The engine verifies, commits ``anchor + accepted drafts`` and a bonus token, and calls
+       ``commit(tokens, features)`` with the committed tokens' ids (anchor first, bonus excluded) and their
+       freshly captured target features (same length). The drafter must drop any state of rejected drafts.
+    """
+
+    def target_request(self) -> TargetRequest: ...
+
+    def start(self, prompt_ids: "torch.Tensor", features: TargetFeatures) -> None: ...
+
+    def propose(self, anchor: int, num_tokens: int, temperature: float = 0.0,
+                generator: "torch.Generator | None" = None) -> Proposal: ...
+
+    def commit(self, tokens: "torch.Tensor", features: TargetFeatures) -> None: ...
+
+
+def _load(obj: Any) -> Any:
+    return import_object(obj) if isinstance(obj, str) else obj
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodSpec:
+    """A speculative-decoding method, registered by its plugin through ``draftsmith_register_methods``.
+
+    Callables may be given as ``"module:QualName"`` strings and are imported on first use.
+
+    * ``objective``: class built as ``objective(draft, heads, **options)`` (see :class:`Objective`).
+    * ``drafter``: class built as ``drafter(draft, heads, **options)`` (see :class:`Drafter`).
+    * ``layer_policy``: ``f(num_target_layers, **options) -> list[int]``, the default captured layer ids.
+    * ``drafts_from``: use another method's registered drafts (``eagle2`` drafts with the ``eagle1`` models).
+    * ``export_formats``: format name → ``f(draft, out_dir, **options)`` writing an engine checkpoint.
+    * ``default_options``: option defaults a user can override from the config (documented per method).
+    """
+
+    name: str
+    summary: str = ""
+    objective: Any = None
+    drafter: Any = None
+    layer_policy: Any = None
+    drafts_from: str | None = None
+    export_formats: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    default_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    plugin: str | None = None
+    distribution: str | None = None
+    version: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise ValueError(f"MethodSpec.name must be a non-empty string, got {self.name!r}")
+        object.__setattr__(self, "export_formats", dict(self.export_formats))
+        object.__setattr__(self, "default_options", dict(self.default_options))
+
+    @property
+    def draft_method(self) -> str:
+        """The method whose draft registrations this method uses."""
+        return self.drafts_from or self.name
+
+    def load_objective(self) -> Callable[..., Objective]:
+        if self.objective is None:
+            raise NotImplementedError(f"method {self.name!r} registers no training objective")
+        return _load(self.objective)
+
+    def load_drafter(self) -> Callable[..., Drafter]:
+        if self.drafter is None:
+            raise NotImplementedError(f"method {self.name!r} registers no drafting procedure")
+        return _load(self.drafter)
+
+    def default_layer_ids(self, num_target_layers: int, **options: Any) -> list[int]:
+        if self.layer_policy is None:
+            return []
+        return list(_load(self.layer_policy)(num_target_layers, **options))
+
+    def load_exporter(self, fmt: str) -> Callable[..., Any]:
+        if fmt not in self.export_formats:
+            raise KeyError(fmt)
+        return _load(self.export_formats[fmt])
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "summary": self.summary,
+            "drafts_from": self.drafts_from,
+            "objective": object_path(self.objective) if self.objective is not None else None,
+            "drafter": object_path(self.drafter) if self.drafter is not None else None,
+            "layer_policy": object_path(self.layer_policy) if self.layer_policy is not None else None,
+            "export_formats": sorted(self.export_formats),
+            "plugin": self.plugin,
+            "distribution": self.distribution,
+            "version": self.version,
+        }
+
+    def with_provenance(self, plugin: str | None, distribution: str | None, version: str | None) -> "MethodSpec":
+        return dataclasses.replace(self, plugin=plugin, distribution=distribution, version=version)

@@ -1,0 +1,238 @@
+"""The registry of draft specs and methods, and the resolver.
+
+Resolution rule: walk the target's ``config.architectures`` in order and return the first registered spec for
+the method. Among specs for the same (method, architecture) the highest ``priority`` wins; two different specs
+at the same top priority are a conflict, reported by ``list-drafts`` and raised (naming both distributions)
+only when that pair is resolved — a conflict on some other architecture never breaks yours.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterable, Iterator
+
+from .errors import DraftConflictError, DraftNotFoundError
+from .method import MethodSpec
+from .spec import DraftSpec, DraftSpecProtocol
+
+# Install hints for methods whose plugin is not installed (first-party distributions only; a third-party
+# method is unknown until its own distribution is installed, so there is nothing better to suggest).
+FIRST_PARTY_DISTRIBUTIONS = {
+    "eagle1": "draftsmith-eagle",
+    "eagle2": "draftsmith-eagle",
+    "eagle3": "draftsmith-eagle",
+    "dflash": "draftsmith-dflash",
+    "dspark": "draftsmith-dspark",
+}
+
+IN_PROCESS = "<in-process>"
+
+
+@dataclasses.dataclass(frozen=True)
+class Provenance:
+    plugin: str | None
+    distribution: str | None
+    version: str | None
+
+
+def _origin(spec: Any) -> str:
+    dist = getattr(spec, "distribution", None) or getattr(spec, "plugin", None) or IN_PROCESS
+    version = getattr(spec, "version", None)
+    return f"{dist} {version}" if version else str(dist)
+
+
+class Registry:
+    """Draft specs keyed by (method, architecture) and methods keyed by name.
+
+    Plugins receive a registry in their hooks and call :meth:`register` / :meth:`register_method`; the
+    provenance of whatever they register is stamped from the plugin being loaded.
+    """
+
+    def __init__(self) -> None:
+        self._drafts: dict[tuple[str, str], list[Any]] = {}
+        self._methods: dict[str, MethodSpec] = {}
+        self._method_conflicts: dict[str, list[MethodSpec]] = {}
+        self._provenance = Provenance(IN_PROCESS, None, None)
+
+    # -- registration -----------------------------------------------------------------------------------
+    def register(self, spec: Any) -> Any:
+        """Register a draft spec (a :class:`DraftSpec` or any :class:`DraftSpecProtocol` object)."""
+        if not isinstance(spec, DraftSpecProtocol):
+            raise TypeError(
+                f"registry.register() expects a DraftSpec (or an object implementing DraftSpecProtocol), "
+                f"got {type(spec).__name__}: {spec!r}"
+            )
+        if isinstance(spec, DraftSpec) and spec.distribution is None and spec.plugin is None:
+            p = self._provenance
+            spec = spec.with_provenance(p.plugin, p.distribution, p.version)
+        for arch in spec.architectures:
+            entries = self._drafts.setdefault((spec.method, arch), [])
+            if not any(e == spec for e in entries):
+                entries.append(spec)
+        return spec
+
+    def register_method(self, method: MethodSpec) -> MethodSpec:
+        """Register a method (objective, drafter, layer policy, export formats)."""
+        if not isinstance(method, MethodSpec):
+            raise TypeError(f"registry.register_method() expects a MethodSpec, got {type(method).__name__}")
+        if method.distribution is None and method.plugin is None:
+            p = self._provenance
+            method = method.with_provenance(p.plugin, p.distribution, p.version)
+        existing = self._methods.get(method.name)
+        if existing is not None and existing != method:
+            self._method_conflicts.setdefault(method.name, [existing]).append(method)
+        else:
+            self._methods[method.name] = method
+        return method
+
+    def _merge(self, other: "Registry") -> None:
+        for key, specs in other._drafts.items():
+            entries = self._drafts.setdefault(key, [])
+            entries.extend(s for s in specs if s not in entries)
+        for method in other._methods.values():
+            self.register_method(method)
+        for name, methods in other._method_conflicts.items():
+            for m in methods:
+                self.register_method(m)
+
+    def staged(self, provenance: Provenance) -> "Registry":
+        """An empty registry that stamps ``provenance``; merged into this one only if the plugin succeeds."""
+        stage = Registry()
+        stage._provenance = provenance
+        return stage
+
+    # -- queries ----------------------------------------------------------------------------------------
+    def methods(self) -> dict[str, MethodSpec]:
+        return dict(self._methods)
+
+    def get_method(self, name: str) -> MethodSpec:
+        if name in self._method_conflicts:
+            origins = " and ".join(_origin(m) for m in self._method_conflicts[name])
+            raise DraftConflictError(f"method {name!r} is registered by more than one plugin: {origins}")
+        try:
+            return self._methods[name]
+        except KeyError:
+            raise DraftNotFoundError(self._unknown_method_message(name)) from None
+
+    def draft_method(self, method: str) -> str:
+        """Canonical method whose drafts ``method`` uses (``eagle2`` → ``eagle1``)."""
+        m = self._methods.get(method)
+        return m.draft_method if m is not None else method
+
+    def known_methods(self) -> list[str]:
+        names = set(self._methods) | {m for (m, _a) in self._drafts}
+        return sorted(names)
+
+    def architectures(self, method: str) -> list[str]:
+        canon = self.draft_method(method)
+        return sorted(a for (m, a) in self._drafts if m == canon)
+
+    def candidates(self, method: str, architecture: str) -> list[Any]:
+        """All specs for the pair, best first (priority descending, registration order kept)."""
+        entries = self._drafts.get((self.draft_method(method), architecture), [])
+        return sorted(entries, key=lambda s: -s.priority)
+
+    def _winner(self, method: str, architecture: str) -> tuple[Any | None, list[Any]]:
+        ranked = self.candidates(method, architecture)
+        if not ranked:
+            return None, []
+        top = [s for s in ranked if s.priority == ranked[0].priority]
+        return ranked[0], top if len(top) > 1 else []
+
+    def _unknown_method_message(self, method: str) -> str:
+        known = ", ".join(self.known_methods()) or "none (no draftsmith plugin is installed)"
+        hint = FIRST_PARTY_DISTRIBUTIONS.get(method)
+        install = f"; install it with `pip install {hint}`" if hint else "; install the plugin that provides it"
+        return f"unknown draft method {method!r}{install}. Installed methods: {known}"
+
+    def resolve(self, method: str, architectures: Iterable[str] | str) -> Any:
+        """The spec serving ``method`` for the first of ``architectures`` that has one."""
+        archs = [architectures] if isinstance(architectures, str) else list(architectures or [])
+        canon = self.draft_method(method)
+        supported = self.architectures(method)
+        if not supported and method not in self._methods:
+            raise DraftNotFoundError(self._unknown_method_message(method))
+        if not archs:
+            raise DraftNotFoundError(
+                f"no architectures given to resolve a {method!r} draft (the target config has an empty "
+                f"'architectures' list?). Supported architectures for {method!r}: {', '.join(supported) or 'none'}"
+            )
+        for arch in archs:
+            winner, tied = self._winner(canon, arch)
+            if winner is None:
+                continue
+            if tied:
+                origins = " and ".join(f"{_origin(s)} ({s.draft_class_path})" for s in tied)
+                raise DraftConflictError(
+                    f"conflicting {method!r} drafts for {arch!r} at priority {winner.priority}: {origins}. "
+                    f"Uninstall one, disable it with DRAFTSMITH_DISABLE_PLUGINS, or register with a higher priority."
+                )
+            return winner
+        return self._not_found(method, archs, supported)
+
+    def _not_found(self, method: str, archs: list[str], supported: list[str]) -> Any:
+        raise DraftNotFoundError(
+            f"no {method!r} draft spec registered for any of {archs}. "
+            f"Supported architectures for {method!r}: {', '.join(supported) or 'none'}. "
+            f"A plugin can add one (see docs/writing-a-plugin.md)."
+        )
+
+    def iter_entries(self, method: str | None = None) -> Iterator[tuple[str, str, Any, str]]:
+        """(method, architecture, spec, status) rows; ``status`` is ``ok`` or ``conflict``. Conflicting
+        specs each get a row."""
+        canon = self.draft_method(method) if method else None
+        for (m, arch) in sorted(self._drafts):
+            if canon is not None and m != canon:
+                continue
+            winner, tied = self._winner(m, arch)
+            if tied:
+                for spec in tied:
+                    yield m, arch, spec, "conflict"
+            elif winner is not None:
+                yield m, arch, winner, "ok"
+
+
+class DraftRegistryView:
+    """A read-only ``architecture -> spec`` mapping over the live registry for one method.
+
+    Plugins expose these under the names NeMo AutoModel users know (``EAGLE3_DRAFT_REGISTRY`` ...); they
+    always reflect what is installed, including third-party additions.
+    """
+
+    def __init__(self, method: str) -> None:
+        self.method = method
+
+    def _registry(self) -> Registry:
+        from .plugins import get_registry
+
+        return get_registry()
+
+    def __getitem__(self, architecture: str) -> Any:
+        reg = self._registry()
+        if not reg.candidates(self.method, architecture):
+            raise KeyError(architecture)
+        return reg.resolve(self.method, [architecture])
+
+    def get(self, architecture: str, default: Any = None) -> Any:
+        try:
+            return self[architecture]
+        except KeyError:
+            return default
+
+    def __contains__(self, architecture: object) -> bool:
+        return isinstance(architecture, str) and bool(self._registry().candidates(self.method, architecture))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
+    def keys(self) -> list[str]:
+        return self._registry().architectures(self.method)
+
+    def items(self) -> list[tuple[str, Any]]:
+        return [(a, self[a]) for a in self.keys()]
+
+    def __repr__(self) -> str:
+        return f"DraftRegistryView({self.method!r}, {self.keys()})"

@@ -1,0 +1,28 @@
+"""The DFlash plugin's hook implementations (the `draftsmith` entry point; torch-free)."""
+
+from __future__ import annotations
+
+import draftsmith
+from draftsmith import MethodSpec
+
+from .registry import SPECS
+
+
+@draftsmith.hookimpl
+def draftsmith_register_drafts(registry):
+    for spec in SPECS:
+        registry.register(spec)
+
+
+@draftsmith.hookimpl
+def draftsmith_register_methods(registry):
+    registry.register_method(MethodSpec(
+        name="dflash",
+        summary="DFlash: one-pass block drafting with target context injected as keys/values",
+        objective="draftsmith_dflash.objective:DFlashObjective",
+        drafter="draftsmith_dflash.drafting:DFlashDrafter",
+        layer_policy="draftsmith_dflash.registry:build_target_layer_ids",
+        export_formats={"native": "draftsmith_dflash.export:export_native",
+                        "vllm": "draftsmith_dflash.export:export_native"},
+        default_options={"block_size": 16, "num_draft_layers": 5, "num_anchors": 512, "loss_decay_gamma": 7.0},
+    ))

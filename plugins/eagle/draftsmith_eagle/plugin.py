@@ -1,0 +1,46 @@
+"""The EAGLE plugin's hook implementations (the `draftsmith` entry point; torch-free)."""
+
+from __future__ import annotations
+
+import draftsmith
+from draftsmith import MethodSpec
+
+from .registry import SPECS
+
+
+@draftsmith.hookimpl
+def draftsmith_register_drafts(registry):
+    for spec in SPECS:
+        registry.register(spec)
+
+
+@draftsmith.hookimpl
+def draftsmith_register_methods(registry):
+    registry.register_method(MethodSpec(
+        name="eagle1",
+        summary="EAGLE-1: autoregressive feature-level draft (hidden-state regression + token CE), chain drafting",
+        objective="draftsmith_eagle.objective:Eagle1Objective",
+        drafter="draftsmith_eagle.drafting:EagleChainDrafter",
+        layer_policy="draftsmith_eagle.registry:default_eagle1_layer_ids",
+        export_formats={"native": "draftsmith_eagle.export:export_native"},
+    ))
+    registry.register_method(MethodSpec(
+        name="eagle2",
+        summary="EAGLE-2: the EAGLE-1 draft with dynamic draft trees at decode time",
+        drafts_from="eagle1",
+        objective="draftsmith_eagle.objective:Eagle1Objective",
+        drafter="draftsmith_eagle.drafting:EagleTreeDrafter",
+        layer_policy="draftsmith_eagle.registry:default_eagle1_layer_ids",
+        export_formats={"native": "draftsmith_eagle.export:export_native"},
+    ))
+    registry.register_method(MethodSpec(
+        name="eagle3",
+        summary="EAGLE-3: fused multi-layer target features, training-time test (TTT), reduced draft vocab",
+        objective="draftsmith_eagle.objective:Eagle3Objective",
+        drafter="draftsmith_eagle.drafting:EagleChainDrafter",
+        layer_policy="draftsmith_eagle.registry:default_aux_layer_ids",
+        export_formats={"native": "draftsmith_eagle.export:export_native",
+                        "vllm": "draftsmith_eagle.export:export_vllm",
+                        "sglang": "draftsmith_eagle.export:export_sglang"},
+        default_options={"ttt_steps": 7, "num_aux_layers": 3, "draft_vocab_size": None},
+    ))
