@@ -96,6 +96,15 @@ class Objective(Protocol):
         ``position_ids``; all ``(B, T)``) given the captured target features of that batch."""
         ...
 
+    # Optional (checked with hasattr by core):
+    # def prepare(self, token_counts: torch.Tensor) -> None
+    #     Called once on a fresh run with supervised-token frequencies over the target vocab (1-D long).
+    # def acceptance_lengths(self, batch, features) -> torch.Tensor
+    #     (B, T) long: for every position a usable as a decoding anchor, how many drafts greedy drafting from
+    #     anchor a (target features < a known, token a given) would get right in a row against the batch's
+    #     tokens; -1 where a is not a usable anchor. On sequences that are the target's own greedy output, core's
+    #     trajectory replay (draftsmith.decode.estimate) turns this into the exact greedy acceptance length τ.
+
 
 @dataclasses.dataclass
 class Proposal:

@@ -1,0 +1,231 @@
+"""Target models: loading a local HF checkpoint and capturing the hidden states a method asks for.
+
+Features are captured with forward hooks (never ``output_hidden_states``): a hook on decoder layer ``i`` stores
+its raw output (pre-final-norm) as layer id ``i``; id ``-1`` hooks the embedding output; ``final_hidden``
+hooks the final norm (post-norm, the ``lm_head`` input). The same capture serves training (whole sequences)
+and decoding (only the new positions of a cached forward).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from .errors import ConfigError, DraftsmithError
+from .method import TargetFeatures, TargetHeads, TargetRequest
+
+# Attribute paths of the decoder-layer container and of the final norm in common HF layouts, tried in order.
+LAYER_PATHS = ("model.layers", "model.model.layers", "model.language_model.layers",
+               "model.model.language_model.layers", "transformer.h", "layers")
+NORM_PATHS = ("model.norm", "model.model.norm", "model.language_model.norm", "model.model.language_model.norm",
+              "transformer.ln_f", "norm")
+
+
+def _get_path(obj: Any, path: str) -> Any:
+    for part in path.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def find_decoder_layers(model: nn.Module) -> list[nn.Module]:
+    """The ordered decoder layers of ``model`` (common layouts, then the plugins' ``find_decoder_layers``)."""
+    for path in LAYER_PATHS:
+        layers = _get_path(model, path)
+        if isinstance(layers, (nn.ModuleList, list, tuple)) and len(layers) > 0:
+            return list(layers)
+        if isinstance(layers, nn.ModuleDict) and len(layers) > 0:
+            return [layers[k] for k in sorted(layers.keys(), key=int)]
+    from .plugins import get_plugin_manager
+
+    found = get_plugin_manager().find_decoder_layers(model)
+    if found:
+        return list(found)
+    raise DraftsmithError(
+        f"cannot find the decoder layers of {type(model).__name__}: tried {', '.join(LAYER_PATHS)}. "
+        f"A plugin can teach draftsmith this layout with the draftsmith_find_decoder_layers hook."
+    )
+
+
+def find_final_norm(model: nn.Module) -> nn.Module:
+    for path in NORM_PATHS:
+        norm = _get_path(model, path)
+        if isinstance(norm, nn.Module):
+            return norm
+    raise DraftsmithError(f"cannot find the final norm of {type(model).__name__}: tried {', '.join(NORM_PATHS)}")
+
+
+def text_config(config: Any) -> Any:
+    """The language-model config (``text_config`` of multimodal wrappers, else the config itself)."""
+    return getattr(config, "text_config", None) or config
+
+
+def num_target_layers(config: Any) -> int:
+    return int(text_config(config).num_hidden_layers)
+
+
+def validate_layer_ids(layer_ids: Sequence[int], num_layers: int) -> None:
+    if len(set(layer_ids)) != len(layer_ids):
+        raise ConfigError(f"target layer ids {list(layer_ids)} contain duplicates")
+    bad = [i for i in layer_ids if not -1 <= i < num_layers]
+    if bad:
+        raise ConfigError(f"target layer ids {bad} out of range for a {num_layers}-layer target "
+                          f"(valid: -1 = embedding output, 0..{num_layers - 1} = output of that decoder layer)")
+
+
+def _first(output: Any) -> torch.Tensor:
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+class FeatureCapture:
+    """Forward hooks on a target that record what a :class:`TargetRequest` needs.
+
+    Use as a context manager around target forward calls; ``features()`` returns what the last forward
+    produced. Hooks are removed on exit.
+    """
+
+    def __init__(self, model: nn.Module, request: TargetRequest) -> None:
+        self.model, self.request = model, request
+        self._store: dict[Any, torch.Tensor] = {}
+        self._handles: list[Any] = []
+        layers = find_decoder_layers(model)
+        validate_layer_ids(request.layer_ids, len(layers))
+        self._modules: list[tuple[Any, nn.Module]] = []
+        for i in request.layer_ids:
+            self._modules.append((i, model.get_input_embeddings() if i == -1 else layers[i]))
+        if request.final_hidden:
+            self._modules.append(("final", find_final_norm(model)))
+
+    def __enter__(self) -> "FeatureCapture":
+        for key, module in self._modules:
+            self._handles.append(module.register_forward_hook(self._hook(key)))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def _hook(self, key: Any):
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            self._store[key] = _first(output).detach()
+
+        return hook
+
+    def features(self) -> TargetFeatures:
+        missing = [k for k, _ in self._modules if k not in self._store]
+        if missing:
+            raise DraftsmithError(f"target forward did not reach hooked modules {missing}")
+        return TargetFeatures(
+            hidden_states={i: self._store[i] for i in self.request.layer_ids},
+            final_hidden=self._store.get("final") if self.request.final_hidden else None,
+        )
+
+
+@contextlib.contextmanager
+def capture(model: nn.Module, request: TargetRequest) -> Iterator[FeatureCapture]:
+    with FeatureCapture(model, request) as cap:
+        yield cap
+
+
+@torch.no_grad()
+def run_target(model: nn.Module, request: TargetRequest, input_ids: torch.Tensor,
+               attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+               **kwargs: Any) -> tuple[TargetFeatures, Any]:
+    """One target forward returning (captured features, model outputs)."""
+    with capture(model, request) as cap:
+        out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs)
+    return cap.features(), out
+
+
+def target_heads(model: nn.Module) -> TargetHeads:
+    """The target's embedding and lm_head (frozen) with its vocab and special ids."""
+    config = text_config(model.config)
+    lm_head = model.get_output_embeddings()
+    if lm_head is None:
+        raise DraftsmithError(f"{type(model).__name__} has no output embeddings (lm_head)")
+    eos = getattr(model.config, "eos_token_id", None)
+    gen = getattr(model, "generation_config", None)
+    gen_eos = getattr(gen, "eos_token_id", None) if gen is not None else None
+    eos_ids: list[int] = []
+    for e in (eos, gen_eos):
+        if e is None:
+            continue
+        eos_ids.extend([e] if isinstance(e, int) else list(e))
+    return TargetHeads(
+        embed_tokens=model.get_input_embeddings(),
+        lm_head=lm_head,
+        vocab_size=int(config.vocab_size),
+        pad_token_id=getattr(config, "pad_token_id", None),
+        eos_token_ids=tuple(dict.fromkeys(eos_ids)),
+    )
+
+
+def check_target_dir(path: str | Path) -> Path:
+    """Validate a local HF model directory with one-line errors."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"target path {str(path)!r} does not exist")
+    if not path.is_dir():
+        raise ConfigError(f"target path {str(path)!r} is not a directory")
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise ConfigError(f"target {str(path)!r} has no config.json")
+    try:
+        config = json.loads(config_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{config_file}: invalid JSON ({exc})") from None
+    if not config.get("architectures"):
+        raise ConfigError(f"{config_file} has no 'architectures' list; cannot tell which draft applies")
+    if not any(path.glob("*.safetensors")):
+        if any(path.glob("*.bin")) or any(path.glob("*.pt")):
+            raise ConfigError(f"target {str(path)!r} has only pickle weights (*.bin/*.pt); draftsmith loads "
+                              f"safetensors only — convert the checkpoint first")
+        raise ConfigError(f"target {str(path)!r} has no *.safetensors weights")
+    return path
+
+
+def load_target(path: str | Path, *, dtype: torch.dtype | str | None = None, device: str | torch.device = "cpu",
+                trust_remote_code: bool = False, attn_implementation: str | None = "sdpa") -> nn.Module:
+    """Load a frozen target (``eval()``, no grad) from a local directory; safetensors only."""
+    from transformers import AutoModelForCausalLM
+
+    path = check_target_dir(path)
+    if isinstance(dtype, str):
+        dtype = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+                 "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
+                 "auto": "auto"}.get(dtype, dtype)
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "use_safetensors": True,
+                              "local_files_only": True}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        raise DraftsmithError(f"cannot load target {str(path)!r}: {str(exc).splitlines()[0]}") from exc
+    model.to(device)
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False, chat_template: str | Path | None = None):
+    """The target's tokenizer (local only); ``chat_template`` (a file path or a Jinja string) overrides."""
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code, local_files_only=True)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"target {str(path)!r} has no usable tokenizer: {str(exc).splitlines()[0]}") from exc
+    if chat_template is not None:
+        p = Path(chat_template)
+        tok.chat_template = p.read_text() if p.is_file() else str(chat_template)
+    return tok
