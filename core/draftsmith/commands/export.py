@@ -1,0 +1,36 @@
+"""`draftsmith export`: write a trained draft in a serving engine's checkpoint format."""
+
+from __future__ import annotations
+
+HELP = "export a saved draft for a serving engine (formats come from the method's plugin)"
+DESCRIPTION = """Export a saved draft directory for a serving engine.
+
+The formats a method supports are registered by its plugin (see `draftsmith plugins --json`, field
+export_formats); e.g. eagle3: native, vllm, sglang; dflash: native, vllm."""
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--draft", required=True, help="saved draft directory (config.json + model.safetensors)")
+    parser.add_argument("--format", required=True, dest="fmt", help="export format, e.g. native, vllm, sglang")
+    parser.add_argument("--out", required=True, help="output directory (created; must not exist or be empty)")
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from draftsmith import get_method
+    from draftsmith.checkpoint import load_draft, read_draft_metadata
+    from draftsmith.errors import ConfigError
+
+    block = read_draft_metadata(args.draft)
+    method = get_method(block["method"])
+    if args.fmt not in method.export_formats:
+        raise ConfigError(f"method {method.name!r} cannot export {args.fmt!r}; its formats: "
+                          f"{', '.join(sorted(method.export_formats)) or 'none'}")
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"output directory {str(out)!r} is not empty")
+    draft = load_draft(args.draft)
+    method.load_exporter(args.fmt)(draft, out)
+    print(f"exported {block['method']} draft to {out} ({args.fmt})")
+    return 0
