@@ -1,0 +1,96 @@
+"""The target's KV cache during speculative decoding: HF ``DynamicCache`` cropped or compacted after each round.
+
+A chain round appends ``k + 1`` rows (anchor + drafts) and keeps the anchor and the accepted prefix: a crop.
+A tree round appends one row per node and keeps the anchor and the accepted path, which need not be contiguous:
+the kept rows are gathered into place (compaction), so the cache again holds exactly the committed tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from ..errors import DraftsmithError
+
+
+def new_cache(model: Any) -> Any:
+    from transformers import DynamicCache
+
+    return DynamicCache(config=model.config)
+
+
+def enable_rollback(cache: Any) -> None:
+    """Let sliding-window / recurrent layers roll back (HF only keeps what a crop can undo once asked to).
+    Called after the prefill, as transformers' own assisted decoding does, to avoid a prefill memory spike."""
+    if hasattr(cache, "activate_past_recording"):
+        cache.activate_past_recording()
+
+
+def cache_length(cache: Any) -> int:
+    return int(cache.get_seq_length())
+
+
+def crop(cache: Any, length: int) -> None:
+    """Keep the first ``length`` positions. Always called after a verification forward: sliding-window layers
+    also use it to shrink back to their window."""
+    remove = cache_length(cache) - length
+    if remove < 0:
+        raise DraftsmithError(f"cannot crop a cache of {cache_length(cache)} positions to {length}")
+    cache.crop(-remove)
+
+
+def compact(cache: Any, block_len: int, keep: Sequence[int]) -> None:
+    """Keep, of the last ``block_len`` cached positions, only the rows ``keep`` (in that order)."""
+    keep = list(keep)
+    if keep == list(range(len(keep))):  # a prefix of the block: a plain crop
+        crop(cache, cache_length(cache) - block_len + len(keep))
+        return
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
+    index = None
+    for layer in cache.layers:
+        if type(layer) not in (DynamicLayer, DynamicSlidingWindowLayer):
+            raise DraftsmithError(f"tree verification cannot compact a {type(layer).__name__} cache layer "
+                                  f"(only full or sliding-window attention); use chain drafting for this target")
+        if not layer.is_initialized or layer.keys is None or layer.keys.numel() == 0:
+            continue
+        if index is None or index.device != layer.keys.device:
+            index = torch.tensor(keep, dtype=torch.long, device=layer.keys.device)
+        # the block is the last block_len rows in both layer kinds (sliding layers record the past until cropped)
+        head_k, block_k = layer.keys[..., :-block_len, :], layer.keys[..., -block_len:, :]
+        head_v, block_v = layer.values[..., :-block_len, :], layer.values[..., -block_len:, :]
+        layer.keys = torch.cat([head_k, block_k.index_select(-2, index)], dim=-2)
+        layer.values = torch.cat([head_v, block_v.index_select(-2, index)], dim=-2)
+        if isinstance(layer, DynamicSlidingWindowLayer):
+            layer.cumulative_length -= block_len - len(keep)
+    cache.crop(0)  # sliding layers shrink back to their window
+
+
+def sliding_window(model: Any) -> int | None:
+    """The smallest sliding window among the target's attention layers, or None."""
+    config = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else model.config
+    window = getattr(config, "sliding_window", None)
+    layer_types = getattr(config, "layer_types", None)
+    if window is None:
+        return None
+    if layer_types is not None and not any("sliding" in str(t) for t in layer_types):
+        return None
+    if getattr(config, "use_sliding_window", True) is False:
+        return None
+    return int(window)
+
+
+def tree_attention_mask(ancestors: torch.Tensor, past_len: int, model: Any, dtype: torch.dtype) -> torch.Tensor:
+    """4-D mask (1, 1, m, past_len + m) for verifying ``m`` tree nodes in one pass: every node sees the whole
+    committed context and, among the nodes, only itself and its ancestors (``ancestors`` (m, m) bool)."""
+    m = ancestors.shape[0]
+    visible = torch.cat([torch.ones(m, past_len, dtype=torch.bool, device=ancestors.device), ancestors], dim=1)
+    impl = getattr(model.config, "_attn_implementation", None) or "eager"
+    if impl == "sdpa":
+        return visible[None, None]  # SDPA takes a boolean "may attend" mask
+    if impl == "eager":
+        mask = torch.zeros(visible.shape, dtype=dtype, device=ancestors.device)
+        return mask.masked_fill(~visible, torch.finfo(dtype).min)[None, None]
+    raise DraftsmithError(f"tree verification needs a custom 4-D attention mask, which attn_implementation "
+                          f"{impl!r} does not take; load the target with attn_implementation='sdpa' or 'eager'")
