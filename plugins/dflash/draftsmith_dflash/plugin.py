@@ -23,6 +23,11 @@ def draftsmith_register_methods(registry):
         drafter="draftsmith_dflash.drafting:DFlashDrafter",
         layer_policy="draftsmith_dflash.registry:build_target_layer_ids",
         export_formats={"native": "draftsmith_dflash.export:export_native",
-                        "vllm": "draftsmith_dflash.export:export_native"},
-        default_options={"block_size": 16, "num_draft_layers": 5, "num_anchors": 512, "loss_decay_gamma": 7.0},
+                        "vllm": "draftsmith_dflash.export:export_native",
+                        "sglang": "draftsmith_dflash.export:export_native"},
+        # Training/decoding options. Draft-shape options (mask_token_id (required), block_size=16,
+        # num_draft_layers=5, target_layer_ids, causal, sliding_window) are draft options: see
+        # Qwen3DFlashDraftModel.build_draft_config and docs/methods/dflash.md.
+        default_options={"num_anchors": 512, "loss_decay_gamma": 7.0, "kd_weight": 0.0, "kd_temperature": 1.0,
+                         "seed": 0, "attention_backend": "sdpa"},
     ))

@@ -31,4 +31,42 @@ def resolve_dflash_draft_spec(architectures):
     return resolve_draft_spec("dflash", architectures)
 
 
-__all__ = ["DFlashDraftSpec", "ARCHITECTURES", "SPECS", "DFLASH_DRAFT_REGISTRY", "resolve_dflash_draft_spec"]
+def _spread(lo: int, hi: int, k: int) -> list[int]:
+    """``k`` ids evenly spread over ``[lo, hi]`` with Python's ``round`` (ties to even, as z-lab/NeMo)."""
+    if k == 1:
+        return [lo]
+    return [int(round(lo + i * (hi - lo) / (k - 1))) for i in range(k)]
+
+
+def build_target_layer_ids(num_target_layers: int, num_draft_layers: int = 5, *, num_feature_layers: int | None = None,
+                           **_options) -> list[int]:
+    """Default target layers (output-of-layer ids) a DFlash draft reads, one per draft layer by default.
+
+    The z-lab rule: one layer → ``[N // 2]``; otherwise ``k`` ids spread evenly from 1 to ``N - 3`` (rounded
+    half to even): (36, 5) → [1, 9, 17, 25, 33], (28, 5) → [1, 7, 13, 19, 25], (32, 5) → [1, 8, 15, 22, 29],
+    (36, 3) → [1, 17, 33], (36, 1) → [18].
+
+    Shallow targets: when ``[1, N - 3]`` holds fewer than ``k`` layers the z-lab rule repeats ids (z-lab gives
+    (4, 2) → [1, 1]). We then widen the range step by step — ``[1, N - 2]``, ``[0, N - 2]``, ``[0, N - 1]`` — and
+    spread over the first range with room for ``k`` distinct ids; if even all ``N`` layers are too few, every
+    layer ``0..N-1`` is used (fewer ids than asked). So (4, 2) → [1, 2], (4, 3) → [0, 1, 2], (4, 5) →
+    [0, 1, 2, 3], (7, 5) → [1, 2, 3, 4, 5]. Results are always distinct, increasing and inside ``[0, N - 1]``.
+
+    ``num_feature_layers`` asks for a different number of captured layers than draft layers. Other keyword
+    options (the method's training options) are accepted and ignored, so the policy can be called with them.
+    """
+    n = num_target_layers
+    k = num_draft_layers if num_feature_layers is None else num_feature_layers
+    for name, value in (("num_target_layers", n), ("num_draft_layers/num_feature_layers", k)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"build_target_layer_ids: {name} must be a positive int, got {value!r}")
+    if k == 1:
+        return [n // 2]
+    for lo, hi in ((1, n - 3), (1, n - 2), (0, n - 2), (0, n - 1)):
+        if hi - lo + 1 >= k:  # room for k distinct ids: the spread step is >= 1
+            return _spread(lo, hi, k)
+    return list(range(n))
+
+
+__all__ = ["DFlashDraftSpec", "ARCHITECTURES", "SPECS", "DFLASH_DRAFT_REGISTRY", "resolve_dflash_draft_spec",
+           "build_target_layer_ids"]
