@@ -47,9 +47,10 @@ from torch import nn
 
 from .kv_cache import DraftKVCache
 from .norm import RMSNorm
-from .rotary import RotaryEmbedding, apply_rotary
+from .rotary import RotaryEmbedding, apply_rotary, compute_inv_freq
 
 PositionEmbeddings = tuple[torch.Tensor, torch.Tensor]  # (cos, sin), each (B, T, head_dim)
+ATTENTION_BACKENDS = ("sdpa",)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -117,6 +118,13 @@ class BlockLayout:
             anchor_doc = docs.gather(1, anchors.clamp(0, s - 1))  # (Bt, N)
             visible = visible & (docs[:, None, None, :] == anchor_doc[:, :, None, None])
         return visible.reshape(bt, n * bs, s)
+
+    def attention_mask(self, backend: str = "sdpa") -> Any:
+        """What to pass as ``attention_mask`` to the layers for an attention ``backend``: ``"sdpa"`` → the dense
+        bool mask (the reference path)."""
+        if backend == "sdpa":
+            return self.dense_mask()
+        raise ValueError(f"unknown block attention backend {backend!r}; choose from {list(ATTENTION_BACKENDS)}")
 
     def block_mask(self, device: torch.device | None = None) -> torch.Tensor:
         """``(B, B)`` bool in-block visibility: all True, or lower-triangular when ``causal``."""
@@ -297,6 +305,17 @@ class BlockBackboneMixin:
         self.layers = nn.ModuleList(BlockDecoderLayer(config, i) for i in range(num_layers))
         self.norm = RMSNorm(hidden, eps=eps)
         self.rotary_emb = RotaryEmbedding(config, _head_dim(config))
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """``PreTrainedModel`` hook: transformers re-creates non-persistent buffers (rotary ``inv_freq``) as
+        placeholders when loading and re-initialises only its own rotary classes — recompute ours (fp32)."""
+        if isinstance(module, RotaryEmbedding):
+            inv_freq, scaling = compute_inv_freq(self.config, _head_dim(self.config))
+            with torch.no_grad():
+                module.inv_freq.copy_(inv_freq.to(module.inv_freq.device))
+            module.attention_scaling = scaling
+            return
+        super()._init_weights(module)  # type: ignore[misc]
 
     def new_cache(self) -> DraftKVCache:
         """An empty context K/V cache sized for this backbone."""

@@ -102,7 +102,7 @@ class Qwen3DFlashConfig(Qwen3Config):
         raise ConfigError(f"DFlash drafts support all-full or all-sliding layers (with sliding_window set); "
                           f"got layer_types {self.layer_types} and sliding_window {self.sliding_window}")
 
-    def validate_dflash(self) -> None:
+    def check_dflash(self) -> None:
         if not isinstance(self.block_size, int) or self.block_size < 2:
             raise ConfigError(f"block_size must be an int >= 2 (anchor + at least one draft), got {self.block_size!r}")
         if self.dflash_config.get("block_size", self.block_size) != self.block_size:
@@ -125,7 +125,7 @@ class Qwen3DFlashDraftModel(BlockBackboneMixin, PreTrainedModel):
 
     def __init__(self, config: Qwen3DFlashConfig) -> None:
         super().__init__(config)
-        config.validate_dflash()
+        config.check_dflash()
         self._init_block_backbone(config, len(config.target_layer_ids), config.num_hidden_layers)
         self.post_init()
 
@@ -185,7 +185,7 @@ class Qwen3DFlashDraftModel(BlockBackboneMixin, PreTrainedModel):
         config.draftsmith = draft_metadata("dflash", DRAFT_CLASS_PATH, target_config,
                                            target_layer_ids=target_layer_ids, block_size=block_size,
                                            mask_token_id=mask_token_id)
-        config.validate_dflash()
+        config.check_dflash()
         return config
 
     @property
