@@ -1,0 +1,138 @@
+"""Attention kernels and caches of the EAGLE drafts.
+
+* :func:`sdpa_gqa` — grouped-query SDPA without materialising repeated K/V where the backend allows it.
+* :func:`ttt_attention` — EAGLE-3 training-time-test attention, vectorised (no Python loop over steps or key
+  blocks). At TTT step ``s`` a query at position ``t`` attends causally to the step-0 keys ``K_0[:t]`` *and* to the
+  same position ``t`` of every later step's keys ``K_1[t] .. K_s[t]`` — the keys its own draft chain produced.
+  The ``s`` diagonal scores are computed by one einsum and fed to a single fused SDPA call as ``s`` extra keys:
+  query and key get ``s`` extra channels, extra key ``i`` is the unit vector ``e_i`` (so its score is exactly the
+  diagonal score ``q_t·K_i[t]``), and its value is ``e_i`` too, so the SDPA output's extra channels are the
+  softmax weights of the diagonal keys, used to mix ``V_1[t] .. V_s[t]``. One softmax spans all ``T + s`` keys,
+  computed inside the fused kernel (fp32 accumulation) instead of a materialised ``(B, h, T, T + s)`` fp32
+  tensor as in NeMo AutoModel's eager path.
+* :class:`KVCache` (incremental drafting, croppable) and :class:`TTTCache` (training unroll); both expose
+  per-layer views with ``attend(q, k, v, mask, scale)`` so attention modules stay cache-agnostic.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .masks import lower_right_causal
+
+
+def _repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """``(B, kv, T, D) -> (B, kv·groups, T, D)``: each KV head repeated for its query group (HF ``repeat_kv``)."""
+    if groups == 1:
+        return x
+    b, kv, t, d = x.shape
+    return x[:, :, None].expand(b, kv, groups, t, d).reshape(b, kv * groups, t, d)
+
+
+def sdpa_gqa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None, *,
+             is_causal: bool = False, scale: float | None = None) -> torch.Tensor:
+    """SDPA for ``q (B, h, Tq, D)``, ``k/v (B, kv, Tk, ·)``. ``mask``: boolean visibility or additive float."""
+    groups = q.shape[1] // k.shape[1]
+    native_gqa = groups > 1
+    if native_gqa and q.device.type == "cuda" and mask is not None:
+        # CUDA's masked (memory-efficient) kernel takes no GQA: expand K/V rather than fall back to the math path
+        k, v, native_gqa = _repeat_kv(k, groups), _repeat_kv(v, groups), False
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal and mask is None,
+                                          scale=scale, enable_gqa=native_gqa)
+
+
+def ttt_attention(q: torch.Tensor, k0: torch.Tensor, v0: torch.Tensor, diag_k: torch.Tensor | None,
+                  diag_v: torch.Tensor | None, visibility: torch.Tensor | None, scale: float) -> torch.Tensor:
+    """EAGLE-3 TTT attention (see module docstring).
+
+    ``q (B, h, T, D)``; ``k0/v0 (B, kv, T, D)`` step-0 keys/values; ``diag_k/diag_v (s, B, kv, T, D)`` keys/values
+    of steps ``1..s`` (the current step included) or None at step 0; ``visibility`` boolean ``(B|1, 1, T, T)`` over
+    the step-0 keys, None = causal. Returns ``(B, h, T, D)``.
+    """
+    if diag_k is None:
+        return sdpa_gqa(q, k0, v0, visibility, is_causal=visibility is None, scale=scale)
+    s = diag_k.shape[0]
+    b, h, t, d = q.shape
+    kv = k0.shape[1]
+    g = h // kv
+    width = -(-s // 8) * 8  # extra channels, padded to a multiple of 8 (fused kernels want aligned head dims)
+    raw = torch.einsum("bkgtd,sbktd->bkgts", q.view(b, kv, g, t, d), diag_k).reshape(b, h, t, s)  # q_t·K_i[t]
+    q_aug = torch.cat([q, F.pad(raw, (0, width - s))], dim=-1)  # (B, h, T, D+W)
+    unit = torch.eye(s, width, dtype=q.dtype, device=q.device).expand(b, kv, s, width)  # extra key/value i = e_i
+    head = torch.cat([q.new_zeros(b, kv, s, d), unit], dim=-1)  # (B, kv, s, D+W)
+    k_aug = torch.cat([head, F.pad(k0, (0, width))], dim=2)  # (B, kv, s+T, D+W)
+    v_aug = torch.cat([head, F.pad(v0, (0, width))], dim=2)  # (B, kv, s+T, D+W)
+    block = visibility if visibility is not None else lower_right_causal(t, t, device=q.device)
+    extra = torch.ones(*block.shape[:-1], s, dtype=torch.bool, device=q.device)
+    mask = torch.cat([extra, block], dim=-1)  # (.., T, s+T): the diagonal keys are always visible
+    o = sdpa_gqa(q_aug, k_aug, v_aug, mask, scale=scale)  # (B, h, T, D+W)
+    p_diag = o[..., d:d + s].reshape(b, kv, g, t, s)  # softmax weight of each diagonal key
+    mixed = torch.einsum("bkgts,sbktd->bkgtd", p_diag, diag_v).reshape(b, h, t, d)
+    return o[..., :d] + mixed
+
+
+class _LayerView:
+    def __init__(self, cache, index: int) -> None:
+        self.cache, self.index = cache, index
+
+    def attend(self, q, k, v, mask, scale):
+        return self.cache._attend(self.index, q, k, v, mask, scale)
+
+
+class KVCache:
+    """Per-layer ``(B, kv, L, D)`` keys/values for incremental drafting. ``crop(n)`` keeps the first ``n``
+    positions (drops rejected drafts). Queries appended at the end see every cached key unless a mask says
+    otherwise (``(.., Tq, L + Tq)`` boolean, e.g. a draft tree's ancestry)."""
+
+    def __init__(self, num_layers: int) -> None:
+        self.keys: list[torch.Tensor | None] = [None] * num_layers
+        self.values: list[torch.Tensor | None] = [None] * num_layers
+
+    def layer(self, index: int) -> _LayerView:
+        return _LayerView(self, index)
+
+    def __len__(self) -> int:
+        return 0 if self.keys[0] is None else self.keys[0].shape[2]
+
+    def crop(self, length: int) -> None:
+        if length < 0 or length > len(self):
+            raise ValueError(f"cannot crop a KV cache of length {len(self)} to {length}")
+        for i, (k, v) in enumerate(zip(self.keys, self.values)):
+            if k is not None:
+                self.keys[i], self.values[i] = k[:, :, :length], v[:, :, :length]
+
+    def _attend(self, i, q, k, v, mask, scale):
+        if self.keys[i] is not None:
+            k = torch.cat([self.keys[i], k], dim=2)
+            v = torch.cat([self.values[i], v], dim=2)
+        self.keys[i], self.values[i] = k, v
+        if mask is None:
+            mask = lower_right_causal(q.shape[2], k.shape[2], device=q.device)
+        return sdpa_gqa(q, k, v, mask, scale=scale)
+
+
+class TTTCache:
+    """Per-layer step-0 keys/values and the later steps' keys/values of one TTT unroll (one batch).
+
+    ``step`` is the number of completed draft steps; the model shifts rotary positions by it and bumps it after
+    each forward. Gradients flow through every cached tensor (later steps learn from earlier ones)."""
+
+    def __init__(self, num_layers: int) -> None:
+        self.step = 0
+        self.k0: list[torch.Tensor | None] = [None] * num_layers
+        self.v0: list[torch.Tensor | None] = [None] * num_layers
+        self.diag_k: list[list[torch.Tensor]] = [[] for _ in range(num_layers)]
+        self.diag_v: list[list[torch.Tensor]] = [[] for _ in range(num_layers)]
+
+    def layer(self, index: int) -> _LayerView:
+        return _LayerView(self, index)
+
+    def _attend(self, i, q, k, v, visibility, scale):
+        if self.k0[i] is None:
+            self.k0[i], self.v0[i] = k, v
+            return ttt_attention(q, k, v, None, None, visibility, scale)
+        self.diag_k[i].append(k)
+        self.diag_v[i].append(v)
+        return ttt_attention(q, self.k0[i], self.v0[i], torch.stack(self.diag_k[i]), torch.stack(self.diag_v[i]),
+                             visibility, scale)

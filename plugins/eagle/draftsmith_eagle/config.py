@@ -1,0 +1,194 @@
+"""Draft configs for the EAGLE drafts, built from a target's HF config.
+
+Both configs use ``model_type = "llama"``: the serving engines parse an EAGLE head's ``config.json`` with their Llama
+config class, so every size the engine needs (``hidden_size``, heads, ``head_dim``, ``intermediate_size``,
+``hidden_act``, ``rms_norm_eps``, rope) is written with its Llama name, and ``num_hidden_layers`` is the *draft's own*
+depth (NeMo AutoModel keeps the target's depth there, which makes engines that size the head from it misbuild it).
+
+Rope is written twice: ``rope_parameters`` (transformers >= 5) and ``rope_theta`` / ``rope_scaling`` (what engines
+pinned to transformers 4 read; without ``rope_theta`` a Qwen3 head would silently fall back to theta 1e4).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, ClassVar
+
+from transformers import PretrainedConfig
+
+from draftsmith.errors import ConfigError
+from draftsmith.nn.rotary import rope_parameters_of
+
+
+def target_text_config(target_config: Any) -> Any:
+    """The text config of a target (multimodal wrappers keep the LLM config under ``text_config``)."""
+    getter = getattr(target_config, "get_text_config", None)
+    text = getter() if callable(getter) else None
+    return text if text is not None else getattr(target_config, "text_config", None) or target_config
+
+
+def _partial_rotary_factor(text: Any) -> float:
+    factor = getattr(text, "partial_rotary_factor", None)
+    if factor is None:
+        factor = rope_parameters_of(text).get("partial_rotary_factor")
+    return float(factor if factor is not None else 1.0)
+
+
+def shared_draft_fields(target_config: Any) -> dict[str, Any]:
+    """Sizes every EAGLE draft copies from the target (no per-architecture code: Llama, Phi-3, Qwen2/3(-MoE),
+    Mistral and gpt-oss all expose these names). Bias flags follow the target: ``attention_bias`` biases
+    q/k/v/o (Llama semantics, which the engines' Llama heads implement), ``mlp_bias`` the MLP."""
+    text = target_text_config(target_config)
+    for name in ("hidden_size", "num_attention_heads", "intermediate_size", "vocab_size"):
+        if getattr(text, name, None) is None:
+            raise ConfigError(f"target config {type(text).__name__} has no {name!r}: cannot size an EAGLE draft")
+    heads = int(text.num_attention_heads)
+    kv_heads = int(getattr(text, "num_key_value_heads", None) or heads)
+    if heads % kv_heads:
+        raise ConfigError(f"num_attention_heads={heads} is not a multiple of num_key_value_heads={kv_heads}")
+    rope = copy.deepcopy(rope_parameters_of(text))
+    factor = _partial_rotary_factor(text)
+    if factor != 1.0:
+        rope["partial_rotary_factor"] = factor
+    eos = getattr(text, "eos_token_id", None)
+    return {
+        "vocab_size": int(text.vocab_size),
+        "hidden_size": int(text.hidden_size),
+        "intermediate_size": int(text.intermediate_size),
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "head_dim": int(getattr(text, "head_dim", None) or text.hidden_size // heads),
+        "hidden_act": getattr(text, "hidden_act", None) or getattr(text, "hidden_activation", None) or "silu",
+        "rms_norm_eps": float(getattr(text, "rms_norm_eps", None) or 1e-6),
+        "max_position_embeddings": int(getattr(text, "max_position_embeddings", None) or 2048),
+        "rope_parameters": rope,
+        "attention_bias": bool(getattr(text, "attention_bias", False) or False),
+        "mlp_bias": bool(getattr(text, "mlp_bias", False) or False),
+        "pad_token_id": getattr(text, "pad_token_id", None),
+        "bos_token_id": getattr(text, "bos_token_id", None),
+        "eos_token_id": list(eos) if isinstance(eos, (list, tuple)) else eos,
+        "initializer_range": float(getattr(text, "initializer_range", None) or 0.02),
+    }
+
+
+def check_options(cls_name: str, options: dict[str, Any], allowed: set[str]) -> None:
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise ConfigError(f"{cls_name}: unknown draft option(s) {unknown}; accepted: {sorted(allowed)}")
+
+
+def validate_layer_ids(layer_ids: Any, num_target_layers: int) -> list[int]:
+    """Output-of-layer ids: integers, distinct, each in ``[-1, N-1]`` (-1 = embedding output)."""
+    try:
+        ids = [int(i) for i in layer_ids]
+    except (TypeError, ValueError):
+        raise ConfigError(f"target_layer_ids must be a list of integers, got {layer_ids!r}") from None
+    if not ids:
+        raise ConfigError("target_layer_ids must not be empty")
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"target_layer_ids must be distinct, got {ids}")
+    bad = [i for i in ids if not -1 <= i < num_target_layers]
+    if bad:
+        raise ConfigError(f"target_layer_ids {bad} out of range for a {num_target_layers}-layer target "
+                          f"(allowed -1..{num_target_layers - 1}, output-of-layer convention)")
+    return ids
+
+
+class _EagleConfigBase(PretrainedConfig):
+    """Fields shared by the EAGLE-1 and EAGLE-3 draft configs (Llama names, see module docstring)."""
+
+    model_type = "llama"
+
+    vocab_size: int = 32000
+    hidden_size: int = 4096
+    intermediate_size: int = 11008
+    num_hidden_layers: int = 1
+    num_attention_heads: int = 32
+    num_key_value_heads: int | None = None
+    head_dim: int | None = None
+    hidden_act: str = "silu"
+    max_position_embeddings: int = 2048
+    initializer_range: float = 0.02
+    rms_norm_eps: float = 1e-6
+    pad_token_id: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+    tie_word_embeddings: bool = False
+    rope_parameters: dict | None = None
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    target_layer_ids: list[int] | None = None
+
+    def __post_init__(self, **kwargs):
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+        if self.head_dim is None:
+            self.head_dim = self.hidden_size // self.num_attention_heads
+        super().__post_init__(**kwargs)
+
+    # --- serialisation: engine-readable extras ----------------------------------------------------------
+    # The ``architectures`` written to config.json (engines dispatch on it); empty = the class name, as HF does.
+    serialized_architectures: ClassVar[tuple[str, ...]] = ()
+
+    def _engine_keys(self, out: dict[str, Any]) -> dict[str, Any]:
+        params = dict(self.rope_parameters or {})
+        out["rope_theta"] = params.get("rope_theta", 10000.0)
+        if params.get("rope_type", "default") != "default":
+            out["rope_scaling"] = {k: v for k, v in params.items() if k != "rope_theta"}
+        if self.serialized_architectures:
+            out["architectures"] = list(self.serialized_architectures)
+        if out.get("dtype") is not None:
+            out["torch_dtype"] = out["dtype"]
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return self._engine_keys(super().to_dict())
+
+    def to_diff_dict(self) -> dict[str, Any]:
+        return self._engine_keys(super().to_diff_dict())
+
+
+class LlamaEagleConfig(_EagleConfigBase):
+    """EAGLE-1/2 draft config. ``draft_num_hidden_layers`` mirrors ``num_hidden_layers`` (NeMo AutoModel's name);
+    ``fc_bias`` biases the fusion layer (the original EAGLE head has one; NeMo's default is off)."""
+
+    draft_num_hidden_layers: int | None = None
+    fc_bias: bool = False
+
+    def __post_init__(self, **kwargs):
+        if self.draft_num_hidden_layers is None:
+            self.draft_num_hidden_layers = self.num_hidden_layers
+        if self.draft_num_hidden_layers != self.num_hidden_layers:
+            raise ConfigError(f"draft_num_hidden_layers={self.draft_num_hidden_layers} != "
+                              f"num_hidden_layers={self.num_hidden_layers}: both name the draft depth")
+        super().__post_init__(**kwargs)
+
+
+class LlamaEagle3Config(_EagleConfigBase):
+    """EAGLE-3 draft config in the native layout SGLang and vLLM load (``LlamaForCausalLMEagle3``).
+
+    ``draft_vocab_size`` sizes ``lm_head`` (``d2t``/``t2d`` map it to the target vocab when smaller than
+    ``vocab_size``); ``target_hidden_size`` is the width of each captured target layer; ``num_aux_hidden_states``
+    how many are fused by ``fc``; ``fc_norm`` / ``norm_output`` are the EAGLE-3.1 switches; ``eagle_config``
+    carries ``eagle_aux_hidden_state_layer_ids`` in the engine's convention (see export.py).
+    """
+
+    serialized_architectures: ClassVar[tuple[str, ...]] = ("LlamaForCausalLMEagle3",)
+
+    draft_vocab_size: int | None = None
+    target_hidden_size: int | None = None
+    num_aux_hidden_states: int = 3
+    fc_norm: bool = False
+    norm_output: bool = False
+    eagle_config: dict | None = None
+
+    def __post_init__(self, **kwargs):
+        if self.draft_vocab_size is None:
+            self.draft_vocab_size = self.vocab_size
+        if self.target_hidden_size is None:
+            self.target_hidden_size = self.hidden_size
+        if not 1 <= self.draft_vocab_size <= self.vocab_size:
+            raise ConfigError(f"draft_vocab_size={self.draft_vocab_size} must be in [1, vocab_size={self.vocab_size}]")
+        if self.num_aux_hidden_states < 1:
+            raise ConfigError(f"num_aux_hidden_states must be >= 1, got {self.num_aux_hidden_states}")
+        super().__post_init__(**kwargs)

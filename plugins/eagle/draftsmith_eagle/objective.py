@@ -1,0 +1,207 @@
+"""Training objectives of EAGLE-1/2 and EAGLE-3 (registered in plugin.py; built as ``Objective(draft, heads, **opts)``).
+
+Both are ``nn.Module``s owning the draft (the target heads are held unregistered): wrap the *objective* in DDP so
+the whole unroll runs inside one forward. Losses are normalised per supervised prediction with data-parallel-global
+denominators when ``torch.distributed`` is initialised (local sum / global count × world size, so DDP's gradient
+averaging yields the global mean). Label alignment and masks: losses.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from draftsmith.errors import ConfigError, DataError
+from draftsmith.method import ObjectiveOutput, TargetFeatures, TargetHeads, TargetRequest
+
+from .common import weight_of
+from .losses import (batch_tensors, global_sum, prediction_validity, shift_left, soft_cross_entropy, step_weights,
+                     world_size)
+from .masks import causal_visibility
+from .vocab import select_draft_vocab
+
+
+def _features(features: TargetFeatures, key: str) -> torch.Tensor:
+    t = features.final_hidden if key == "final_hidden" else features.hidden_states.get(key)
+    if t is None:
+        have = sorted(features.hidden_states)
+        raise DataError(f"EAGLE objective needs target feature {key!r}; got layers {have}, final_hidden="
+                        f"{features.final_hidden is not None}")
+    return t
+
+
+class _EagleObjective(nn.Module):
+    def __init__(self, draft: nn.Module, heads: TargetHeads, freeze_embeddings: bool = True) -> None:
+        super().__init__()
+        self.draft = draft
+        object.__setattr__(self, "heads", heads)  # frozen target heads: never trained, saved or DDP-synced
+        self.model.copy_embeddings_from_target(heads.embed_tokens)
+        if freeze_embeddings:
+            self.model.freeze_embeddings()
+
+    @property
+    def model(self) -> nn.Module:
+        """The draft itself, also when ``self.draft`` was replaced by a DDP/FSDP wrapper."""
+        return getattr(self.draft, "module", self.draft)
+
+    @torch.no_grad()
+    def _target_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Target logits ``(N, V)`` (fp32) of post-norm hidden rows ``(N, H)`` through the target ``lm_head``."""
+        head = self.heads.lm_head
+        weight = weight_of(head)
+        bias = getattr(head, "bias", None)
+        return F.linear(hidden.to(weight.dtype), weight, bias).float()
+
+
+class Eagle1Objective(_EagleObjective):
+    """EAGLE-1/2: ``hidden_loss_weight`` · SmoothL1(predicted, target next post-norm feature) (mean over H, then
+    over supervised predictions) + ``token_loss_weight`` · soft CE of the draft's logits (through the target
+    ``lm_head``) against the target distribution. ``feature_noise`` adds U(-a, a) to the input features while
+    training (EAGLE's robustness trick; NeMo's default a = 0.1). Metric: top-1 ``accuracy`` vs the target argmax.
+    """
+
+    def __init__(self, draft: nn.Module, heads: TargetHeads, hidden_loss_weight: float = 1.0,
+                 token_loss_weight: float = 0.1, feature_noise: float = 0.1, freeze_embeddings: bool = True,
+                 **unused: Any) -> None:
+        if unused:
+            raise ConfigError(f"Eagle1Objective: unknown option(s) {sorted(unused)}")
+        super().__init__(draft, heads, freeze_embeddings)
+        self.model.bind_lm_head(heads.lm_head)
+        self.hidden_loss_weight, self.token_loss_weight = float(hidden_loss_weight), float(token_loss_weight)
+        if feature_noise < 0:
+            raise ConfigError(f"feature_noise must be >= 0, got {feature_noise}")
+        self.feature_noise = float(feature_noise)
+
+    def target_request(self) -> TargetRequest:
+        return TargetRequest(layer_ids=(), final_hidden=True)
+
+    def forward(self, batch: Mapping[str, torch.Tensor], features: TargetFeatures) -> ObjectiveOutput:
+        ids, attn, loss_mask, pos = batch_tensors(batch)
+        feats = _features(features, "final_hidden")  # (B, T, H) post-norm: the lm_head input
+        valid = prediction_validity(attn, loss_mask, pos, steps=1)[0]  # (B, T)
+        inputs = feats
+        if self.training and self.feature_noise > 0:
+            inputs = feats + (torch.rand_like(feats) * 2 - 1) * self.feature_noise
+        pred = self.draft(shift_left(ids, 1), inputs, attention_mask=causal_visibility(attn, pos),
+                          position_ids=pos)  # (B, T, H): predicted f_{t+1}
+        target = shift_left(feats, 1)[valid].to(pred.dtype)  # (N, H)
+        pred = pred[valid]  # (N, H)
+        n_global = global_sum(valid.sum().float()).clamp_min(1.0)
+        scale = world_size() / n_global
+        hidden_loss = F.smooth_l1_loss(pred.float(), target.float(), reduction="none").mean(-1).sum() * scale
+        target_logits = self._target_logits(target)  # (N, V)
+        pred_logits = self.model.compute_logits(pred)  # (N, V)
+        token_loss = soft_cross_entropy(pred_logits, target_logits.softmax(-1)).sum() * scale
+        loss = self.hidden_loss_weight * hidden_loss + self.token_loss_weight * token_loss
+        correct = global_sum((pred_logits.argmax(-1) == target_logits.argmax(-1)).sum().float())
+        return ObjectiveOutput(loss=loss, num_tokens=int(valid.sum()), metrics={
+            "accuracy": (correct / n_global).item(),
+            "hidden_loss": (hidden_loss.detach() / world_size()).item(),
+            "token_loss": (token_loss.detach() / world_size()).item(),
+        })
+
+
+class Eagle3Objective(_EagleObjective):
+    """EAGLE-3 training-time test: ``ttt_steps`` unrolled draft steps (default 7), each a soft CE against the target
+    distribution restricted to the draft vocab, over predictions whose target argmax is in the draft vocab; step
+    ``i`` weighted ``ttt_decay^i`` normalised by the weights' sum. Metrics: ``accuracy`` (all steps), ``acc_{i}``
+    per step, and ``tau_sim = 1 + Σ_k hits_k / valid_k`` (chains correct through depth k+1 over chains supervised
+    through depth k; a target outside the draft vocab breaks the chain)."""
+
+    def __init__(self, draft: nn.Module, heads: TargetHeads, ttt_steps: int = 7, num_aux_layers: int | None = None,
+                 draft_vocab_size: int | None = None, ttt_decay: float = 0.8, freeze_embeddings: bool = True,
+                 logits_chunk_size: int = 1024, **unused: Any) -> None:
+        if unused:
+            raise ConfigError(f"Eagle3Objective: unknown option(s) {sorted(unused)}")
+        if isinstance(ttt_steps, bool) or not isinstance(ttt_steps, int) or ttt_steps < 1:
+            raise ConfigError(f"ttt_steps must be an integer >= 1, got {ttt_steps!r}")
+        super().__init__(draft, heads, freeze_embeddings)
+        cfg = self.model.config
+        if num_aux_layers is not None and int(num_aux_layers) != cfg.num_aux_hidden_states:
+            raise ConfigError(f"num_aux_layers={num_aux_layers} but the draft fuses {cfg.num_aux_hidden_states} "
+                              f"target layers {cfg.target_layer_ids}; rebuild the draft with that option")
+        if draft_vocab_size is not None and int(draft_vocab_size) != cfg.draft_vocab_size:
+            raise ConfigError(f"draft_vocab_size={draft_vocab_size} but the draft's lm_head has "
+                              f"{cfg.draft_vocab_size} rows; pass it as a draft option")
+        if heads.vocab_size != cfg.vocab_size:
+            raise ConfigError(f"target vocab {heads.vocab_size} != draft config vocab_size {cfg.vocab_size}")
+        self.ttt_steps, self.weights = ttt_steps, step_weights(ttt_steps, float(ttt_decay))
+        self.logits_chunk_size = int(logits_chunk_size)
+
+    def target_request(self) -> TargetRequest:
+        return TargetRequest(layer_ids=tuple(self.model.config.target_layer_ids), final_hidden=True)
+
+    def prepare(self, token_counts: torch.Tensor) -> None:
+        """Choose the draft vocabulary from supervised-token counts ``(V,)`` (vocab.py) and set ``d2t``/``t2d``."""
+        model, cfg = self.model, self.model.config
+        if torch.as_tensor(token_counts).numel() != cfg.vocab_size:
+            raise ConfigError(f"token_counts has {torch.as_tensor(token_counts).numel()} entries, the target vocab "
+                              f"has {cfg.vocab_size}")
+        specials = [cfg.bos_token_id, *self.heads.eos_token_ids, self.heads.pad_token_id,
+                    getattr(cfg, "unk_token_id", None)]
+        model.set_vocab_mapping(select_draft_vocab(token_counts, cfg.draft_vocab_size, specials))
+
+    @torch.no_grad()
+    def _target_rows(self, final_hidden: torch.Tensor, need: torch.Tensor):
+        """Target argmax (full vocab) and draft-vocab distribution of the rows ``need`` marks, chunked so the
+        ``(rows, V)`` logits never exist at once. Returns (row map (B·T,) with -1 for skipped rows, top (N,),
+        in-draft-vocab (N,), probs (N, Vd))."""
+        model = self.model
+        flat = final_hidden.reshape(-1, final_hidden.shape[-1])
+        idx = need.flatten().nonzero().squeeze(1)
+        selected = model.selected_token_ids().to(flat.device) if model.compresses_vocab else None
+        tops, probs = [], []
+        for chunk in idx.split(self.logits_chunk_size):
+            logits = self._target_logits(flat[chunk])  # (c, V)
+            tops.append(logits.argmax(-1))
+            probs.append((logits if selected is None else logits.index_select(-1, selected)).softmax(-1))
+        top = torch.cat(tops) if tops else idx.new_zeros(0)
+        vd = model.config.draft_vocab_size
+        prob = torch.cat(probs) if probs else flat.new_zeros(0, vd, dtype=torch.float32)
+        in_vocab = model.t2d[top] if selected is not None else torch.ones_like(top, dtype=torch.bool)
+        rowmap = torch.full((flat.shape[0],), -1, dtype=torch.long, device=flat.device)
+        rowmap[idx] = torch.arange(idx.numel(), device=flat.device)
+        return rowmap, top, in_vocab, prob
+
+    def forward(self, batch: Mapping[str, torch.Tensor], features: TargetFeatures) -> ObjectiveOutput:
+        model, k_steps = self.model, self.ttt_steps
+        ids, attn, loss_mask, pos = batch_tensors(batch)
+        b, t = ids.shape
+        aux = torch.cat([_features(features, i) for i in model.config.target_layer_ids], dim=-1)  # (B, T, k·H)
+        valid = prediction_validity(attn, loss_mask, pos, k_steps).flatten(1)  # (K, B·T) supervised predictions
+        rowmap, top, in_vocab, probs = self._target_rows(_features(features, "final_hidden"),
+                                                         shift_left(attn & loss_mask, 1))
+        # step k, slot t reads the target row t+k+1 (its distribution over x_{t+k+2})
+        slots = [valid[k].nonzero().squeeze(1) for k in range(k_steps)]
+        rows = [rowmap[s + k + 1] for k, s in enumerate(slots)]
+        keep = [in_vocab[r] for r in rows]
+        counts = global_sum(torch.stack([kp.sum() for kp in keep]).float())  # (K,) global loss denominators
+        vis = causal_visibility(attn, pos)
+        hidden = model.project_hidden_states(aux)  # (B, T, H)
+        cache = model.new_ttt_cache()
+        loss = hidden.new_zeros((), dtype=torch.float32)
+        chain = torch.ones(b * t, dtype=torch.bool, device=ids.device)  # greedy chain still correct
+        through = torch.ones_like(chain)  # chain supervised at every depth so far
+        stats = []  # per step: correct, hits, chains
+        for k in range(k_steps):
+            hidden = self.draft(input_ids=shift_left(ids, k + 1), projected_hidden_states=hidden,
+                                attention_mask=vis, position_ids=pos, cache_hidden=cache)  # (B, T, H)
+            sl, rw = slots[k][keep[k]], rows[k][keep[k]]
+            logits = model.compute_logits(hidden.reshape(b * t, -1)[sl])  # (N_k, Vd)
+            step_sum = soft_cross_entropy(logits, probs[rw]).sum()
+            loss = loss + self.weights[k] * step_sum * (world_size() / counts[k].clamp_min(1.0))
+            correct = torch.zeros_like(chain)
+            correct[sl] = model.draft_to_target(logits.detach().argmax(-1)) == top[rw]
+            chain &= correct
+            through &= valid[k]
+            stats.append(torch.stack([correct.sum(), (chain & through).sum(), through.sum()]))
+        stats = global_sum(torch.stack(stats).float())  # (K, 3)
+        acc = stats[:, 0] / counts.clamp_min(1.0)
+        present = stats[:, 2] > 0
+        tau = 1.0 + (stats[present, 1] / stats[present, 2]).sum()
+        metrics = {"accuracy": (stats[:, 0].sum() / counts.sum().clamp_min(1.0)).item(), "tau_sim": tau.item()}
+        metrics.update({f"acc_{k}": acc[k].item() for k in range(k_steps)})
+        return ObjectiveOutput(loss=loss, metrics=metrics, num_tokens=int(valid[0].sum()))
