@@ -1,0 +1,103 @@
+"""Chat rendering and the assistant-only loss mask.
+
+Two ways to find the assistant tokens, chosen per template:
+
+* **generation tags** — when the template marks assistant text with ``{% generation %}…{% endgeneration %}``,
+  transformers' ``apply_chat_template(return_assistant_tokens_mask=True)`` returns the exact mask;
+* **prefix re-rendering** — otherwise, for every assistant message *i*, the conversation is rendered up to the
+  generation prompt before it (``messages[:i]`` + ``add_generation_prompt``) and through it
+  (``messages[:i+1]``); the characters between the two are the assistant's, mapped to tokens through the fast
+  tokenizer's offsets (or by re-tokenising the prefixes with a slow tokenizer). Whatever the template appends
+  after the message (end-of-turn token, newline) is supervised too: the draft must learn to stop.
+
+Templates that render an earlier turn differently once later turns exist (e.g. dropping a reasoning block)
+cannot use prefix re-rendering: that is a clear error suggesting a template with generation tags
+(``--chat-template FILE``).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+
+GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
+
+
+def resolve_template(tokenizer: Any, override: str | Path | None = None) -> str | None:
+    """The chat template text in use: ``override`` (a file path or a Jinja string), else the tokenizer's."""
+    if override:
+        p = Path(str(override))
+        if p.is_file():
+            return p.read_text()
+        if "{%" in str(override) or "{{" in str(override):
+            return str(override)
+        raise ConfigError(f"chat template file {str(override)!r} does not exist")
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, dict):  # named templates: the default one renders conversations
+        template = template.get("default") or next(iter(template.values()), None)
+    return template or None
+
+
+class ChatEncoder:
+    """Renders conversations with a chat template and marks the assistant tokens."""
+
+    def __init__(self, tokenizer: Any, template: str) -> None:
+        if not template:
+            raise ConfigError("the target's tokenizer has no chat template; pass one with --chat-template FILE "
+                              "(data.chat_template)")
+        self.tokenizer = tokenizer
+        self.template = template
+        self.mode = "generation" if GENERATION_TAG.search(template) else "prefix"
+        if self.mode == "generation" and not getattr(tokenizer, "is_fast", False):
+            self.mode = "prefix"  # transformers maps generation spans to tokens with a fast tokenizer only
+
+    def _render(self, messages: list[dict], tools: Any, *, add_generation_prompt: bool = False) -> str:
+        return self.tokenizer.apply_chat_template(messages, tools=tools, chat_template=self.template,
+                                                  tokenize=False, add_generation_prompt=add_generation_prompt)
+
+    def encode(self, messages: list[dict], tools: Any = None) -> tuple[list[int], list[int]]:
+        """``(input_ids, loss_mask)`` of one conversation; raises ValueError if the template misbehaves."""
+        if self.mode == "generation":
+            out = self.tokenizer.apply_chat_template(
+                messages, tools=tools, chat_template=self.template, tokenize=True, return_dict=True,
+                return_assistant_tokens_mask=True)
+            ids = list(out["input_ids"])
+            return ids, [int(m) for m in out["assistant_masks"]]
+        return self._encode_by_prefixes(messages, tools)
+
+    def _assistant_spans(self, messages: list[dict], tools: Any, text: str) -> list[tuple[int, int]]:
+        spans = []
+        for i, msg in enumerate(messages):
+            if msg["role"] != "assistant":
+                continue
+            before = self._render(messages[:i], tools, add_generation_prompt=True) if i else ""
+            through = self._render(messages[: i + 1], tools)
+            if not (text.startswith(before) and text.startswith(through) and len(through) >= len(before)):
+                raise ValueError(
+                    f"the chat template renders message {i} differently once later turns follow, so the "
+                    f"assistant tokens cannot be found by prefix re-rendering; use a template with "
+                    f"{{% generation %}} tags (--chat-template FILE)")
+            spans.append((len(before), len(through)))
+        return spans
+
+    def _encode_by_prefixes(self, messages: list[dict], tools: Any) -> tuple[list[int], list[int]]:
+        tok = self.tokenizer
+        text = self._render(messages, tools)
+        spans = self._assistant_spans(messages, tools, text)
+        if getattr(tok, "is_fast", False):
+            enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+            ids = list(enc["input_ids"])
+            mask = [int(any(s <= start < e for s, e in spans) and end > start)
+                    for start, end in enc["offset_mapping"]]
+            return ids, mask
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        mask = [0] * len(ids)
+        for s, e in spans:  # slow tokenizer: count the tokens of each rendered prefix
+            lo = len(tok(text[:s], add_special_tokens=False)["input_ids"])
+            hi = len(tok(text[:e], add_special_tokens=False)["input_ids"])
+            for j in range(lo, min(hi, len(ids))):
+                mask[j] = 1
+        return list(ids), mask

@@ -1,0 +1,194 @@
+"""Process groups, device placement and draft wrapping under ``torchrun``.
+
+One process per device. The draft is replicated with DDP (default) or sharded with FSDP2 ``fully_shard``;
+the target is replicated (or FSDP2-sharded on GPU with ``target.shard``). Core never calls the draft
+directly: the method's objective does. So what DDP/FSDP wraps is an :class:`ObjectiveModule` — the draft as a
+registered submodule plus the objective — and the whole objective call runs inside the wrapper's forward,
+which is exactly what DDP needs to synchronise gradients and FSDP needs to gather parameters for any draft
+method the objective calls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from datetime import timedelta
+from typing import Any, Iterator
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(backend: str = "auto", device: str = "auto") -> DistInfo:
+    """Join the process group torchrun set up (``WORLD_SIZE`` > 1); a no-op for a single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        use_cuda = torch.cuda.is_available() and device != "cpu"
+        if backend == "auto":
+            backend = "nccl" if use_cuda else "gloo"
+        if use_cuda:
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
+    return DistInfo(rank=rank, world_size=world, local_rank=local_rank)
+
+
+def resolve_device(name: str, info: DistInfo) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("train.device is 'cuda' but no GPU is available")
+        return torch.device("cuda", info.local_rank)
+    if name == "cpu":
+        return torch.device("cpu")
+    raise ConfigError(f"train.device must be auto, cpu or cuda, got {name!r}")
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(values)
+    return values
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    if dist.is_available() and dist.is_initialized():
+        out: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(out, obj)
+        return out
+    return [obj]
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    if dist.is_available() and dist.is_initialized():
+        box = [obj]
+        dist.broadcast_object_list(box, src=src)
+        return box[0]
+    return obj
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+class ObjectiveModule(nn.Module):
+    """The draft (a registered submodule) and the objective, called as one forward.
+
+    An objective that is itself an ``nn.Module`` (with parameters of its own) is registered too; parameters
+    shared with the draft are counted once.
+    """
+
+    def __init__(self, draft: nn.Module, objective: Any) -> None:
+        super().__init__()
+        self.draft = draft
+        if isinstance(objective, nn.Module):
+            self.objective = objective
+        else:
+            object.__setattr__(self, "objective", objective)
+
+    def forward(self, batch: dict[str, Any], features: Any, call: str = "__call__") -> Any:
+        """``objective.<call>(batch, features)``: the loss by default; evaluation also runs the optional
+        ``acceptance_lengths`` through here so FSDP has the parameters gathered."""
+        return getattr(self.objective, call)(batch, features)
+
+
+def decoder_blocks(module: nn.Module) -> list[nn.Module]:
+    """The repeated blocks (members of ``ModuleList``s of 2+ same-typed modules) of a draft, for FSDP units."""
+    blocks = []
+    for child in module.modules():
+        if isinstance(child, nn.ModuleList) and len(child) > 0 and len({type(m) for m in child}) == 1:
+            if any(p.requires_grad for m in child for p in m.parameters()):
+                blocks.extend(child)
+    return blocks
+
+
+def wrap_model(module: ObjectiveModule, info: DistInfo, strategy: str, device: torch.device, *,
+               find_unused_parameters: bool = False) -> nn.Module:
+    """DDP or FSDP2 around the objective module; the module itself when running on one process."""
+    if not info.enabled:
+        return module
+    if strategy == "ddp":
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        kwargs: dict[str, Any] = {"broadcast_buffers": False, "find_unused_parameters": find_unused_parameters}
+        if device.type == "cuda":
+            kwargs["device_ids"] = [device.index]
+        return DDP(module, **kwargs)
+    if strategy == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        # Units: each repeated draft block, then the root. The root unit gathers everything else for the whole
+        # objective call, so draft methods other than forward (compute_logits, ...) see full parameters.
+        for block in decoder_blocks(module.draft):
+            fully_shard(block)
+        fully_shard(module)
+        return module
+    raise ConfigError(f"distributed.strategy must be ddp or fsdp, got {strategy!r}")
+
+
+def shard_target(target: nn.Module, info: DistInfo) -> None:
+    """FSDP2-shard a frozen target (inference only): each decoder layer, then the root."""
+    if not info.enabled:
+        return
+    from torch.distributed.fsdp import fully_shard
+
+    from ..target import find_decoder_layers
+
+    for layer in find_decoder_layers(target):
+        fully_shard(layer)
+    fully_shard(target)
+
+
+def no_sync(model: nn.Module, sync: bool) -> contextlib.AbstractContextManager:
+    """Skip the gradient all-reduce on non-final micro-batches of an accumulation step."""
+    if sync:
+        return contextlib.nullcontext()
+    if hasattr(model, "no_sync"):  # DDP
+        return model.no_sync()
+    if hasattr(model, "set_requires_gradient_sync"):  # FSDP2
+        return _fsdp_no_sync(model)
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _fsdp_no_sync(model: nn.Module) -> Iterator[None]:
+    model.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)
+
+
+def unwrap(model: nn.Module) -> ObjectiveModule:
+    return model.module if hasattr(model, "module") and isinstance(model.module, ObjectiveModule) else model
+
+
+def is_fsdp(model: nn.Module) -> bool:
+    return hasattr(model, "set_requires_gradient_sync")
