@@ -14,7 +14,7 @@
 Importing this package imports torch; the CLI imports it lazily.
 """
 
-from .engine import DEFAULT_NUM_DRAFT_TOKENS, SpeculativeDecoder
+from .engine import DEFAULT_NUM_DRAFT_TOKENS, SpeculativeDecoder, default_num_tokens
 from .plain import generate_plain
 from .sampling import SamplingConfig, target_distribution
 from .stats import DecodeStats, GenerationResult, RoundRecord

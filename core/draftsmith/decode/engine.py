@@ -30,8 +30,18 @@ from .sampling import SamplingConfig, pick_token, target_distribution
 from .stats import GenerationResult, RoundRecord
 from .verify import DraftTree, Verification, verify_greedy, verify_sampling
 
-# Used when neither the user nor the drafter (optional attribute ``default_num_tokens``) says how many drafts.
+# Used when neither the user nor the drafter says how many drafts to ask per round.
 DEFAULT_NUM_DRAFT_TOKENS = 7
+
+
+def default_num_tokens(drafter: Any) -> int:
+    """Drafts per round when the user does not say: the drafter's optional ``default_num_tokens``, else its
+    ``max_tokens`` (drafts one pass can produce), else its ``block_size``, else DEFAULT_NUM_DRAFT_TOKENS."""
+    for name in ("default_num_tokens", "max_tokens", "block_size"):
+        value = getattr(drafter, name, None)
+        if isinstance(value, int) and value >= 1:
+            return value
+    return DEFAULT_NUM_DRAFT_TOKENS
 
 
 def select_features(features: TargetFeatures, rows: list[int]) -> TargetFeatures:
@@ -64,7 +74,7 @@ class SpeculativeDecoder:
                  seed: int = 0) -> None:
         self.target, self.drafter = target, drafter
         self.sampling = sampling or SamplingConfig()
-        gamma = num_draft_tokens or getattr(drafter, "default_num_tokens", None) or DEFAULT_NUM_DRAFT_TOKENS
+        gamma = num_draft_tokens or default_num_tokens(drafter)
         if int(gamma) != gamma or gamma < 1:
             raise ConfigError(f"num_draft_tokens must be a positive integer, got {gamma}")
         self.num_draft_tokens = int(gamma)
@@ -175,12 +185,12 @@ class SpeculativeDecoder:
             raise DraftsmithError(f"{name}.propose must return a draftsmith.method.Proposal, "
                                   f"got {type(proposal).__name__}")
         toks = proposal.tokens
-        if not isinstance(toks, torch.Tensor) or toks.dim() != 1 or toks.numel() == 0:
+        if not isinstance(toks, torch.Tensor) or toks.dim() != 1 or toks.is_floating_point():
             raise DraftsmithError(f"{name}.propose returned tokens of shape "
-                                  f"{tuple(getattr(toks, 'shape', ()))}; expected a non-empty 1-D tensor")
-        ids = [int(t) for t in toks.tolist()]
+                                  f"{tuple(getattr(toks, 'shape', ()))}; expected a 1-D tensor of token ids")
+        ids = [int(t) for t in toks.tolist()]  # may be empty: the round then verifies the anchor alone
         vocab = self.vocab_size
-        if min(ids) < 0 or max(ids) >= vocab:
+        if ids and (min(ids) < 0 or max(ids) >= vocab):
             raise DraftsmithError(f"{name}.propose returned token ids outside the target vocab [0, {vocab})")
         tree = DraftTree.from_parents(proposal.parents, len(ids))
         if tree.is_chain and len(ids) > k:
