@@ -144,3 +144,41 @@ def oracle_acceptance_lengths(tokens: torch.Tensor, reference_drafter: OracleDra
             n += 1
         out[a] = n
     return out
+
+
+CHATML_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                   "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def save_tiny_target(path: Any, arch: str = "qwen3", *, chat_template: bool = True, seed: int = 0,
+                     **overrides: Any) -> torch.nn.Module:
+    """Write a tiny target (safetensors) with a word-level tokenizer (and a ChatML template) to ``path``.
+
+    Ids: 0 ``<|pad|>``, 1 ``<|bos|>``, 2 ``<|im_end|>`` (EOS), 3 ``<|im_start|>``, 4 ``<unk>``, then words."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ("the a of to and in is it you that he was for on are with as I his they be at one have this from "
+             "or had by hot word but what some we can out other were all there when up use your how said an "
+             "each she which do their time if will way about many then them write would like so these her long "
+             "make thing see him two has look more day could go come did number sound no most people my over "
+             "know water than call first who may down side been now find any new work part take get place made "
+             "live where after back little only round man year came show every good me give our under name "
+             "very through just form sentence great think say help low line differ turn cause much mean before "
+             "move right boy old too same tell user assistant").split()
+    specials = ["<|pad|>", "<|bos|>", "<|im_end|>", "<|im_start|>", "<unk>"]
+    vocab = {tok: i for i, tok in enumerate(specials + list(dict.fromkeys(words)))}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|pad|>", bos_token="<|bos|>",
+                                   eos_token="<|im_end|>", unk_token="<unk>",
+                                   additional_special_tokens=["<|im_start|>"])
+    if chat_template:
+        fast.chat_template = CHATML_TEMPLATE
+    size = max(len(vocab), overrides.pop("vocab_size", 0))
+    model = tiny_target(arch, vocab_size=size, seed=seed, **overrides)
+    model.generation_config.eos_token_id = 2
+    model.save_pretrained(path)
+    fast.save_pretrained(path)
+    return model
