@@ -12,6 +12,7 @@ pinned to transformers 4 read; without ``rope_theta`` a Qwen3 head would silentl
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any, ClassVar
 
 from transformers import PretrainedConfig
@@ -75,6 +76,19 @@ def check_options(cls_name: str, options: dict[str, Any], allowed: set[str]) -> 
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise ConfigError(f"{cls_name}: unknown draft option(s) {unknown}; accepted: {sorted(allowed)}")
+
+
+def draft_depth(options: dict[str, Any]) -> int:
+    """Pop the draft depth from ``options`` (``num_hidden_layers``, or its aliases ``draft_num_hidden_layers`` —
+    NeMo AutoModel's name — and ``num_draft_layers``); default 1."""
+    given = {k: options.pop(k) for k in ("num_hidden_layers", "draft_num_hidden_layers", "num_draft_layers")
+             if options.get(k) is not None}
+    if len(set(given.values())) > 1:
+        raise ConfigError(f"conflicting draft depths {given}")
+    depth = next(iter(given.values()), 1)
+    if isinstance(depth, bool) or int(depth) != depth or int(depth) < 1:
+        raise ConfigError(f"draft depth must be an integer >= 1, got {depth!r}")
+    return int(depth)
 
 
 def validate_layer_ids(layer_ids: Any, num_target_layers: int) -> list[int]:
@@ -141,12 +155,11 @@ class _EagleConfigBase(PretrainedConfig):
             out["torch_dtype"] = out["dtype"]
         return out
 
-    def to_dict(self) -> dict[str, Any]:
-        return self._engine_keys(super().to_dict())
-
-    def to_diff_dict(self) -> dict[str, Any]:
-        return self._engine_keys(super().to_diff_dict())
-
+    def to_json_string(self, use_diff: bool = True) -> str:
+        """config.json text: HF's serialisation plus the engine-readable keys (rope_theta / rope_scaling, the
+        engine architecture, torch_dtype)."""
+        out = self._engine_keys(self.to_diff_dict() if use_diff else self.to_dict())
+        return json.dumps(self._encode_special_floats(out), indent=2, sort_keys=True) + "\n"
 
 class LlamaEagleConfig(_EagleConfigBase):
     """EAGLE-1/2 draft config. ``draft_num_hidden_layers`` mirrors ``num_hidden_layers`` (NeMo AutoModel's name);

@@ -28,14 +28,15 @@ from draftsmith.nn.rotary import RotaryEmbedding
 
 from .attention import KVCache, TTTCache
 from .common import EagleDraftModel, positions_for
-from .config import LlamaEagle3Config, check_options, shared_draft_fields, target_text_config, validate_layer_ids
+from .config import (LlamaEagle3Config, check_options, draft_depth, shared_draft_fields, target_text_config,
+                     validate_layer_ids)
 from .layers import Eagle3FusedDecoderLayer, EagleLlamaDecoderLayer
 from .masks import causal_visibility
 
 DRAFT_CLASS = "draftsmith_eagle.draft_llama:LlamaEagle3DraftModel"
 DEFAULT_DRAFT_VOCAB = 32000  # the EAGLE-3 release / SpecForge / NeMo default
 
-_OPTIONS = {"target_layer_ids", "aux_layer_ids", "num_aux_layers", "draft_vocab_size", "num_hidden_layers",
+_OPTIONS = {"target_layer_ids", "aux_layer_ids", "num_aux_layers", "draft_vocab_size", "num_hidden_layers", "num_draft_layers",
             "draft_num_hidden_layers", "fc_norm", "norm_output", "intermediate_size", "qkv_bias"}
 
 
@@ -56,10 +57,7 @@ def build_eagle3_config(cls: type, draft_class: str, target_config: Any, options
     ids = validate_layer_ids(ids, n_target)
     if k is not None and int(k) != len(ids):
         raise ConfigError(f"num_aux_layers={k} but {len(ids)} target_layer_ids were given: {ids}")
-    depth = options.pop("draft_num_hidden_layers", None) or options.pop("num_hidden_layers", None) or 1
-    options.pop("num_hidden_layers", None)
-    if int(depth) < 1:
-        raise ConfigError(f"num_hidden_layers (draft depth) must be >= 1, got {depth}")
+    depth = draft_depth(options)
     fields = shared_draft_fields(target_config)
     vocab = options.pop("draft_vocab_size", None)
     vocab = min(DEFAULT_DRAFT_VOCAB, fields["vocab_size"]) if vocab is None else int(vocab)

@@ -33,13 +33,13 @@ from draftsmith.nn.rotary import RotaryEmbedding
 
 from .attention import KVCache, _repeat_kv  # noqa: F401  (re-exported: the GQA helper lives with the kernels)
 from .common import EagleDraftModel, positions_for, weight_of
-from .config import LlamaEagleConfig, check_options, shared_draft_fields, target_text_config
+from .config import LlamaEagleConfig, check_options, draft_depth, shared_draft_fields, target_text_config
 from .layers import EagleLlamaAttention, EagleLlamaDecoderLayer, EagleLlamaMLP  # noqa: F401  (public names)
 from .masks import _build_causal_mask, causal_visibility  # noqa: F401  (public name)
 
 DRAFT_CLASS = "draftsmith_eagle.draft_llama_v12:LlamaEagleDraftModel"
 
-_OPTIONS = {"draft_num_hidden_layers", "num_hidden_layers", "fc_bias", "intermediate_size", "qkv_bias"}
+_OPTIONS = {"draft_num_hidden_layers", "num_hidden_layers", "num_draft_layers", "fc_bias", "intermediate_size", "qkv_bias"}
 
 
 class LlamaEagleDraftModel(EagleDraftModel):
@@ -52,10 +52,7 @@ class LlamaEagleDraftModel(EagleDraftModel):
         """Options: ``draft_num_hidden_layers`` (default 1; alias ``num_hidden_layers``), ``fc_bias`` (False),
         ``intermediate_size`` (the target's), ``qkv_bias`` (False)."""
         check_options(cls.__name__, options, _OPTIONS)
-        depth = options.pop("draft_num_hidden_layers", None) or options.pop("num_hidden_layers", None) or 1
-        options.pop("num_hidden_layers", None)
-        if int(depth) < 1:
-            raise ConfigError(f"draft_num_hidden_layers must be >= 1, got {depth}")
+        depth = draft_depth(options)
         fields = shared_draft_fields(target_config)
         fields.update({k: v for k, v in options.items() if v is not None})
         config = LlamaEagleConfig(**fields, num_hidden_layers=int(depth), target_layer_ids=[])
