@@ -31,7 +31,7 @@ from draftsmith.errors import ConfigError
 from draftsmith.nn.norm import RMSNorm
 from draftsmith.nn.rotary import RotaryEmbedding
 
-from .attention import KVCache, _repeat_kv  # noqa: F401  (re-exported: the GQA helper lives with the kernels)
+from .attention import KVCache, TTTCache, _repeat_kv  # noqa: F401  (_repeat_kv re-exported: public name)
 from .common import EagleDraftModel, positions_for, weight_of
 from .config import LlamaEagleConfig, check_options, draft_depth, shared_draft_fields, target_text_config
 from .layers import EagleLlamaAttention, EagleLlamaDecoderLayer, EagleLlamaMLP  # noqa: F401  (public names)
@@ -89,25 +89,36 @@ class LlamaEagleDraftModel(EagleDraftModel):
 
     def forward(self, input_ids: torch.Tensor, target_hidden_states: torch.Tensor,
                 attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
-                cache: KVCache | None = None) -> torch.Tensor:
+                cache: KVCache | TTTCache | None = None) -> torch.Tensor:
         """Predicted next features ``(B, T, H)`` (post-norm) for slots pairing ``input_ids[t]`` (the token *after*
         the feature's position) with ``target_hidden_states[t]``.
 
         ``attention_mask``: ``(B, T)`` padding mask (causal + padding + packed documents from ``position_ids``) or
-        a prebuilt ``(B|1, 1, T, Tk)`` visibility; with a ``cache`` (incremental drafting) the new slots are
-        appended after the cached ones and see all of them unless a 4-D mask says otherwise.
+        a prebuilt ``(B|1, 1, T, Tk)`` visibility. ``cache``: a :class:`KVCache` for incremental drafting (new slots
+        appended after the cached ones, seeing all of them unless a 4-D mask says otherwise), or a
+        :class:`TTTCache` to unroll chains for every slot at once (step ``s`` = rotary shifted by ``s``, step-0 keys
+        causal + the chain's own diagonal; used by ``Eagle1Objective.acceptance_lengths``).
         """
         b, t = input_ids.shape
-        offset = len(cache) if cache is not None else 0
-        positions = positions_for(b, t, offset, position_ids, input_ids.device)
+        unroll = isinstance(cache, TTTCache)
+        offset = cache.step if unroll else (len(cache) if cache is not None else 0)
+        if position_ids is None:
+            positions = positions_for(b, t, offset, None, input_ids.device)
+        else:
+            positions = position_ids + offset if unroll else position_ids
+        if attention_mask is not None and attention_mask.dim() == 2:
+            attention_mask = None if isinstance(cache, KVCache) else causal_visibility(attention_mask, position_ids)
         embeds = self.embed_tokens(input_ids)  # (B, T, H)
         hidden = self.fc(torch.cat([embeds, target_hidden_states.to(embeds.dtype)], dim=-1))  # (B, T, H)
-        if attention_mask is not None and attention_mask.dim() == 2:
-            attention_mask = causal_visibility(attention_mask, position_ids) if cache is None else None
         rotary = self.rotary_emb(hidden, positions)  # (cos, sin) each (B, T, D)
         for i, layer in enumerate(self.layers):
             hidden = layer(hidden, rotary, attention_mask, cache.layer(i) if cache is not None else None)
+        if unroll:
+            cache.step += 1
         return self.norm(hidden)  # (B, T, H)
+
+    def new_ttt_cache(self) -> TTTCache:
+        return TTTCache(len(self.layers))
 
     def new_cache(self) -> KVCache:
         return KVCache(len(self.layers))

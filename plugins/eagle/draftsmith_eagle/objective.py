@@ -33,6 +33,18 @@ def _features(features: TargetFeatures, key: str) -> torch.Tensor:
     return t
 
 
+def _anchor_lengths(run: torch.Tensor, attn: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
+    """Per-slot greedy run lengths -> per-anchor ``(B, T)`` (``Objective.acceptance_lengths``): anchor ``a`` drafts
+    from slot ``a-1`` (token ``x_a`` + the features of ``a-1``); -1 where there is no such slot in ``a``'s
+    document."""
+    out = torch.full_like(run, -1)
+    usable = attn[:, 1:] & attn[:, :-1]
+    if pos is not None:
+        usable = usable & (pos[:, 1:] > pos[:, :-1])  # a new document starts at a: no slot a-1 for it
+    out[:, 1:] = torch.where(usable, run[:, :-1], -1)
+    return out
+
+
 class _EagleObjective(nn.Module):
     def __init__(self, draft: nn.Module, heads: TargetHeads, freeze_embeddings: bool = True) -> None:
         super().__init__()
@@ -65,7 +77,7 @@ class Eagle1Objective(_EagleObjective):
 
     def __init__(self, draft: nn.Module, heads: TargetHeads, hidden_loss_weight: float = 1.0,
                  token_loss_weight: float = 0.1, feature_noise: float = 0.1, freeze_embeddings: bool = True,
-                 **unused: Any) -> None:
+                 num_draft_tokens: int = 7, **unused: Any) -> None:
         if unused:
             raise ConfigError(f"Eagle1Objective: unknown option(s) {sorted(unused)}")
         super().__init__(draft, heads, freeze_embeddings)
@@ -74,6 +86,7 @@ class Eagle1Objective(_EagleObjective):
         if feature_noise < 0:
             raise ConfigError(f"feature_noise must be >= 0, got {feature_noise}")
         self.feature_noise = float(feature_noise)
+        self.num_draft_tokens = int(num_draft_tokens)  # chain length acceptance_lengths evaluates
 
     def target_request(self) -> TargetRequest:
         return TargetRequest(layer_ids=(), final_hidden=True)
@@ -104,6 +117,25 @@ class Eagle1Objective(_EagleObjective):
         })
 
 
+    @torch.no_grad()
+    def acceptance_lengths(self, batch: Mapping[str, torch.Tensor], features: TargetFeatures) -> torch.Tensor:
+        """``(B, T)`` long: drafts greedy chain drafting from each anchor gets right in a row against the batch's
+        tokens (up to ``num_draft_tokens``), -1 where ``a`` is no anchor. All chains unroll at once (TTT
+        attention), each step feeding the draft's own predicted features exactly as decoding does; while the
+        drafts are right the drafted tokens are the batch's, so the result equals real greedy drafting."""
+        model = self.model
+        ids, attn, _, pos = batch_tensors(batch)
+        inputs = _features(features, "final_hidden")
+        vis, cache = causal_visibility(attn, pos), model.new_ttt_cache()
+        exists = prediction_validity(attn, torch.ones_like(attn), pos, self.num_draft_tokens)
+        alive, run = torch.ones_like(attn), torch.zeros_like(ids)
+        for k in range(self.num_draft_tokens):
+            inputs = self.draft(shift_left(ids, k + 1), inputs, attention_mask=vis, position_ids=pos, cache=cache)
+            alive = alive & exists[k] & (model.compute_logits(inputs).argmax(-1) == shift_left(ids, k + 2))
+            run = run + alive.long()
+        return _anchor_lengths(run, attn, pos)
+
+
 class Eagle3Objective(_EagleObjective):
     """EAGLE-3 training-time test: ``ttt_steps`` unrolled draft steps (default 7), each a soft CE against the target
     distribution restricted to the draft vocab, over predictions whose target argmax is in the draft vocab; step
@@ -113,7 +145,7 @@ class Eagle3Objective(_EagleObjective):
 
     def __init__(self, draft: nn.Module, heads: TargetHeads, ttt_steps: int = 7, num_aux_layers: int | None = None,
                  draft_vocab_size: int | None = None, ttt_decay: float = 0.8, freeze_embeddings: bool = True,
-                 logits_chunk_size: int = 1024, **unused: Any) -> None:
+                 logits_chunk_size: int = 1024, num_draft_tokens: int | None = None, **unused: Any) -> None:
         if unused:
             raise ConfigError(f"Eagle3Objective: unknown option(s) {sorted(unused)}")
         if isinstance(ttt_steps, bool) or not isinstance(ttt_steps, int) or ttt_steps < 1:
@@ -130,6 +162,7 @@ class Eagle3Objective(_EagleObjective):
             raise ConfigError(f"target vocab {heads.vocab_size} != draft config vocab_size {cfg.vocab_size}")
         self.ttt_steps, self.weights = ttt_steps, step_weights(ttt_steps, float(ttt_decay))
         self.logits_chunk_size = int(logits_chunk_size)
+        self.num_draft_tokens = int(num_draft_tokens or ttt_steps)  # chain length acceptance_lengths evaluates
 
     def target_request(self) -> TargetRequest:
         return TargetRequest(layer_ids=tuple(self.model.config.target_layer_ids), final_hidden=True)
@@ -205,3 +238,23 @@ class Eagle3Objective(_EagleObjective):
         metrics = {"accuracy": (stats[:, 0].sum() / counts.sum().clamp_min(1.0)).item(), "tau_sim": tau.item()}
         metrics.update({f"acc_{k}": acc[k].item() for k in range(k_steps)})
         return ObjectiveOutput(loss=loss, metrics=metrics, num_tokens=int(valid[0].sum()))
+
+    @torch.no_grad()
+    def acceptance_lengths(self, batch: Mapping[str, torch.Tensor], features: TargetFeatures) -> torch.Tensor:
+        """``(B, T)`` long: drafts greedy chain drafting from each anchor gets right in a row against the batch's
+        tokens (up to ``num_draft_tokens``), -1 where ``a`` is no anchor. The teacher-forced TTT unroll is exact
+        here: while the drafts are right, the drafted tokens are the batch's tokens."""
+        model = self.model
+        ids, attn, _, pos = batch_tensors(batch)
+        aux = torch.cat([_features(features, i) for i in model.config.target_layer_ids], dim=-1)
+        vis, cache = causal_visibility(attn, pos), model.new_ttt_cache()
+        exists = prediction_validity(attn, torch.ones_like(attn), pos, self.num_draft_tokens)
+        hidden = model.project_hidden_states(aux)
+        alive, run = torch.ones_like(attn), torch.zeros_like(ids)
+        for k in range(self.num_draft_tokens):
+            hidden = self.draft(input_ids=shift_left(ids, k + 1), projected_hidden_states=hidden,
+                                attention_mask=vis, position_ids=pos, cache_hidden=cache)
+            guess = model.draft_to_target(model.compute_logits(hidden).argmax(-1))
+            alive = alive & exists[k] & (guess == shift_left(ids, k + 2))
+            run = run + alive.long()
+        return _anchor_lengths(run, attn, pos)

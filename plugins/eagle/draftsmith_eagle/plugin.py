@@ -7,6 +7,13 @@ from draftsmith import MethodSpec
 
 from .registry import SPECS
 
+# Objective option defaults (the user's `method_options` override them). Draft options (layer ids, depth, draft
+# vocab size, EAGLE-3.1 switches) go to the draft instead; None here = "whatever the draft was built with".
+EAGLE1_OPTIONS = {"hidden_loss_weight": 1.0, "token_loss_weight": 0.1, "feature_noise": 0.1,
+                  "freeze_embeddings": True, "num_draft_tokens": 7}
+EAGLE3_OPTIONS = {"ttt_steps": 7, "ttt_decay": 0.8, "num_aux_layers": None, "draft_vocab_size": None,
+                  "freeze_embeddings": True, "num_draft_tokens": None}
+
 
 @draftsmith.hookimpl
 def draftsmith_register_drafts(registry):
@@ -23,6 +30,7 @@ def draftsmith_register_methods(registry):
         drafter="draftsmith_eagle.drafting:EagleChainDrafter",
         layer_policy="draftsmith_eagle.registry:default_eagle1_layer_ids",
         export_formats={"native": "draftsmith_eagle.export:export_native"},
+        default_options=dict(EAGLE1_OPTIONS),
     ))
     registry.register_method(MethodSpec(
         name="eagle2",
@@ -32,6 +40,7 @@ def draftsmith_register_methods(registry):
         drafter="draftsmith_eagle.drafting:EagleTreeDrafter",
         layer_policy="draftsmith_eagle.registry:default_eagle1_layer_ids",
         export_formats={"native": "draftsmith_eagle.export:export_native"},
+        default_options=dict(EAGLE1_OPTIONS),
     ))
     registry.register_method(MethodSpec(
         name="eagle3",
@@ -42,5 +51,5 @@ def draftsmith_register_methods(registry):
         export_formats={"native": "draftsmith_eagle.export:export_native",
                         "vllm": "draftsmith_eagle.export:export_vllm",
                         "sglang": "draftsmith_eagle.export:export_sglang"},
-        default_options={"ttt_steps": 7, "num_aux_layers": 3, "draft_vocab_size": None},
+        default_options=dict(EAGLE3_OPTIONS),
     ))
