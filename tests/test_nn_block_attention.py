@@ -240,3 +240,39 @@ def test_backbone_state_dict_names_and_fp32_rope():
 def test_backbone_rejects_no_context_layers():
     with pytest.raises(ValueError, match="at least one target context layer"):
         BlockDraftBackbone(tiny_config(), 0)
+
+
+# ---------------------------------------------------------------------------------------------- backends
+
+@pytest.mark.parametrize("kw", [dict(), dict(causal=True), dict(sliding_window=3),
+                                dict(document_ids=torch.tensor([[0] * 4 + [1] * 6, [0] * 10]))])
+@pytest.mark.parametrize("kv_heads", [1, 2, 4])
+def test_blockwise_backend_equals_dense_sdpa_with_gradients(kw, kv_heads):
+    bb = _backbone(4, num_key_value_heads=kv_heads)
+    anchors = torch.tensor([[1, 5, 6], [0, 2, 0]])
+    keep = torch.tensor([[True, True, True], [True, True, False]])
+    layout = BlockLayout(anchors, 3, 10, keep=keep, **kw)
+    noise, ctx = torch.randn(2, 9, 64), torch.randn(2, 10, 128)
+    pos = block_position_ids(anchors, 3)
+    outs, grads = [], []
+    for backend in ("sdpa", "blockwise"):
+        bb.zero_grad()
+        out = bb(noise, pos, ctx, None, layout.attention_mask(backend))
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        outs.append(out.detach())
+        grads.append({n: p.grad.clone() for n, p in bb.named_parameters()})
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-5)
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-4)
+
+
+def test_blockwise_without_context_and_unknown_backend():
+    bb = _backbone()
+    layout = BlockLayout(torch.tensor([[0, 0]]), 2, 0)
+    noise, pos = torch.randn(1, 4, 64), torch.tensor([[0, 1, 0, 1]])
+    torch.testing.assert_close(bb(noise, pos, None, None, layout.attention_mask("blockwise")),
+                               bb(noise, pos, None, None, layout.attention_mask("sdpa")))
+    with pytest.raises(ValueError, match="unknown block attention backend"):
+        layout.attention_mask("magic")
+    with pytest.raises(ValueError, match="training forwards"):
+        bb(noise, pos, torch.randn(1, 2, 128), None, layout.attention_mask("blockwise"), bb.new_cache())

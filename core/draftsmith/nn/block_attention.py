@@ -50,7 +50,7 @@ from .norm import RMSNorm
 from .rotary import RotaryEmbedding, apply_rotary, compute_inv_freq
 
 PositionEmbeddings = tuple[torch.Tensor, torch.Tensor]  # (cos, sin), each (B, T, head_dim)
-ATTENTION_BACKENDS = ("sdpa",)
+ATTENTION_BACKENDS = ("sdpa", "blockwise")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -121,9 +121,12 @@ class BlockLayout:
 
     def attention_mask(self, backend: str = "sdpa") -> Any:
         """What to pass as ``attention_mask`` to the layers for an attention ``backend``: ``"sdpa"`` → the dense
-        bool mask (the reference path)."""
+        bool mask (the reference path); ``"blockwise"`` → a :class:`BlockwiseMask` (context part + one in-block
+        pattern), computed without the ``N·B × N·B`` block-to-block product that the dense mask discards."""
         if backend == "sdpa":
             return self.dense_mask()
+        if backend == "blockwise":
+            return BlockwiseMask(self.context_mask(), self.block_mask(), self.block_size)
         raise ValueError(f"unknown block attention backend {backend!r}; choose from {list(ATTENTION_BACKENDS)}")
 
     def block_mask(self, device: torch.device | None = None) -> torch.Tensor:
@@ -141,6 +144,45 @@ class BlockLayout:
             torch.zeros(0, 0, dtype=torch.bool, device=self.anchors.device)  # (N·B, N·B)
         own = own.unsqueeze(0).expand(bt, n * bs, n * bs)
         return torch.cat([ctx, own], dim=-1).unsqueeze(1)
+
+
+@dataclasses.dataclass
+class BlockwiseMask:
+    """The block mask in structured form (training only: the keys are ``[context | all blocks]``).
+
+    ``context``: ``(Bt, N·B, S)`` bool; ``block``: ``(B, B)`` bool in-block pattern shared by every block.
+    """
+
+    context: torch.Tensor
+    block: torch.Tensor
+    block_size: int
+
+
+def blockwise_attention(q: torch.Tensor, k_ctx: torch.Tensor | None, v_ctx: torch.Tensor | None,
+                        k_blk: torch.Tensor, v_blk: torch.Tensor, mask: BlockwiseMask, scale: float) -> torch.Tensor:
+    """Block attention without the dense ``N·B × (S + N·B)`` product: each query scores the context keys and
+    only its own block's ``B`` keys; one softmax over both (exactly the dense-mask result).
+
+    ``q`` (Bt, Hq, N·B, D); ``k/v_ctx`` (Bt, Hk, S, D) or None; ``k/v_blk`` (Bt, Hk, N·B, D). GQA without
+    repeating keys: query heads are grouped per key head. Returns (Bt, Hq, N·B, D).
+    """
+    bt, hq, nq, d = q.shape
+    hk, bs = k_blk.shape[1], mask.block_size
+    g, n = hq // hk, nq // bs
+    qg = q.contiguous().view(bt, hk, g, n, bs, d)  # (Bt, Hk, g, N, B, D)
+    s_blk = torch.matmul(qg, k_blk.reshape(bt, hk, 1, n, bs, d).transpose(-1, -2)) * scale  # (Bt, Hk, g, N, B, B)
+    s_blk = s_blk.masked_fill(~mask.block, float("-inf"))
+    if k_ctx is None or k_ctx.shape[2] == 0:
+        p_blk = torch.softmax(s_blk, dim=-1, dtype=torch.float32).to(q.dtype)
+        return torch.matmul(p_blk, v_blk.reshape(bt, hk, 1, n, bs, d)).reshape(bt, hq, nq, d)
+    s = k_ctx.shape[2]
+    s_ctx = torch.matmul(qg.view(bt, hk, g * nq, d), k_ctx.transpose(-1, -2)) * scale  # (Bt, Hk, g·N·B, S)
+    s_ctx = s_ctx.view(bt, hk, g, n, bs, s).masked_fill(~mask.context.reshape(bt, 1, 1, n, bs, s), float("-inf"))
+    p = torch.softmax(torch.cat([s_ctx, s_blk], dim=-1), dim=-1, dtype=torch.float32).to(q.dtype)
+    p_ctx, p_blk = p.split([s, bs], dim=-1)
+    out = torch.matmul(p_ctx.reshape(bt, hk, g * nq, s), v_ctx).view(bt, hk, g, n, bs, d)  # context part
+    out = out + torch.matmul(p_blk, v_blk.reshape(bt, hk, 1, n, bs, d))  # own-block part
+    return out.reshape(bt, hq, nq, d)
 
 
 def build_block_mask(anchors: torch.Tensor, block_size: int, context_len: int, *, keep: torch.Tensor | None = None,
@@ -234,13 +276,20 @@ class KVInjectionAttention(nn.Module):
                 k_ctx, v_ctx = cache.append(self.layer_idx, k_ctx, v_ctx)
             else:
                 k_ctx, v_ctx = cache.get(self.layer_idx)
-        if k_ctx is not None:
+        if isinstance(attention_mask, BlockwiseMask):
+            k = v = None  # keys stay split: context and blocks are scored separately
+        elif k_ctx is not None:
             k, v = torch.cat([k_ctx, k_blk], dim=2), torch.cat([v_ctx, v_blk], dim=2)  # (B, Hk, C+Q, D)
         else:
             k, v = k_blk, v_blk
 
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, scale=self.scaling,
-                                             enable_gqa=self.num_kv_heads != self.num_heads)  # (B, Hq, Q, D)
+        if isinstance(attention_mask, BlockwiseMask):
+            if cache is not None:
+                raise ValueError("the blockwise backend is for training forwards; decode with a dense mask or None")
+            out = blockwise_attention(q, k_ctx, v_ctx, k_blk, v_blk, attention_mask, self.scaling)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, scale=self.scaling,
+                                                 enable_gqa=self.num_kv_heads != self.num_heads)  # (B, Hq, Q, D)
         out = out.transpose(1, 2).reshape(b, q_len, self.num_heads * self.head_dim)
         return self.o_proj(out)
 
@@ -363,6 +412,6 @@ class BlockDraftBackbone(BlockBackboneMixin, nn.Module):
 
 
 __all__ = [
-    "BlockLayout", "build_block_mask", "additive_mask", "block_position_ids", "KVInjectionAttention", "SwiGLUMLP",
+    "BlockLayout", "BlockwiseMask", "blockwise_attention", "build_block_mask", "additive_mask", "block_position_ids", "KVInjectionAttention", "SwiGLUMLP",
     "BlockDecoderLayer", "BlockBackboneMixin", "BlockDraftBackbone", "DraftKVCache", "PositionEmbeddings",
 ]
