@@ -35,13 +35,13 @@ def run(args) -> int:
     from draftsmith.data.inspect import format_statistics, render, statistics
     from draftsmith.data.samples import load_samples
     from draftsmith.errors import ConfigError
-    from draftsmith.target import load_tokenizer
+    from draftsmith.train.setup import load_target_tokenizer
 
     target = Path(args.target)
     if not target.is_dir():
         raise ConfigError(f"target path {args.target!r} does not exist" if not target.exists()
                           else f"target path {args.target!r} is not a directory")
-    tokenizer = load_tokenizer(target, trust_remote_code=args.trust_remote_code)
+    tokenizer = load_target_tokenizer(target, trust_remote_code=args.trust_remote_code)
     template = resolve_template(tokenizer, args.chat_template)
     vocab = None
     config_file = target / "config.json"

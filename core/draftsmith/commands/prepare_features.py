@@ -30,10 +30,11 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import sys
 
-    from draftsmith.commands.train import config_from_args
+    from draftsmith.commands.train import config_from_args, preflight
     from draftsmith.errors import ConfigError
 
     config = config_from_args(args)
+    preflight(config, reading_features=False)  # train.offline_features is where we write
     out = args.out or config.train.offline_features
     if not out:
         raise ConfigError("no output directory: pass --out DIR (or set train.offline_features)")

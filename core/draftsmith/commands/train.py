@@ -70,8 +70,21 @@ def config_from_args(args):
     return load_config(args.config, args.overrides, base=flags)
 
 
+def preflight(config, *, reading_features: bool = True) -> None:
+    """Torch-free checks (paths, method, draft spec for the target's architectures), so the commonest mistakes
+    fail in a fraction of a second instead of after importing torch and transformers."""
+    import draftsmith
+    from draftsmith.commands.resolve import read_target_architectures
+    from draftsmith.train.config import check_required
+
+    check_required(config, reading_features=reading_features)
+    draftsmith.get_method(config.method)
+    draftsmith.resolve_draft_spec(config.method, read_target_architectures(config.target.path))
+
+
 def run(args) -> int:
     config = config_from_args(args)
+    preflight(config)
     from draftsmith.train.trainer import train
 
     result = train(config)

@@ -314,6 +314,29 @@ def dump_yaml(config: RunConfig) -> str:
     return yaml.safe_dump(to_dict(config), sort_keys=False)
 
 
+# -- checks that need no torch (so the CLI fails fast) --------------------------------------------------------
+def check_required(config: RunConfig, *, need_data: bool = True, reading_features: bool = True) -> None:
+    """Missing essentials, named by their CLI flag and config key."""
+    if not config.method:
+        raise ConfigError("no method given: pass --method (config key 'method'); see `draftsmith list-drafts`")
+    if not config.target.path:
+        raise ConfigError("no target given: pass --target PATH (config key 'target.path')")
+    target = Path(config.target.path)
+    if not target.exists():
+        raise ConfigError(f"target path {config.target.path!r} does not exist")
+    if not target.is_dir():
+        raise ConfigError(f"target path {config.target.path!r} is not a directory")
+    offline = config.train.offline_features if reading_features else None
+    if need_data and not config.data.train and not offline:
+        raise ConfigError("no training data given: pass --data FILE.jsonl (config key 'data.train')")
+    for key, files in (("data.train", config.data.train), ("data.eval", config.data.eval)):
+        for f in files:
+            if not Path(f).exists():
+                raise ConfigError(f"{key}: data file {f!r} does not exist")
+    if offline and not Path(offline).is_dir():
+        raise ConfigError(f"train.offline_features: {config.train.offline_features!r} is not a directory")
+
+
 # -- help ------------------------------------------------------------------------------------------------------
 def describe_keys() -> Iterator[tuple[str, str, str, str]]:
     """(dotted key, type, default, help) for every key of the schema, in declaration order."""

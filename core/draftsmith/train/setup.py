@@ -56,13 +56,10 @@ class Setup:
 
 
 def require(config: RunConfig, *, need_data: bool = True) -> None:
-    """Missing essentials, named by their CLI flag and config key."""
-    if not config.method:
-        raise ConfigError("no method given: pass --method (config key 'method'); see `draftsmith list-drafts`")
-    if not config.target.path:
-        raise ConfigError("no target given: pass --target PATH (config key 'target.path')")
-    if need_data and not config.data.train and not config.train.offline_features:
-        raise ConfigError("no training data given: pass --data FILE.jsonl (config key 'data.train')")
+    """Missing essentials, named by their CLI flag and config key (torch-free checks in config.py)."""
+    from .config import check_required
+
+    check_required(config, need_data=need_data)
 
 
 def target_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -101,6 +98,18 @@ def resolve_spec(method_name: str, target_config: Any) -> tuple[MethodSpec, Any]
     return method, draftsmith.resolve_draft_spec(method_name, archs)
 
 
+def load_target_tokenizer(path: str | Path, *, trust_remote_code: bool = False) -> Any:
+    """The target's tokenizer; a directory without tokenizer files is an error (transformers 5 would
+    otherwise build an empty tokenizer from the model type alone)."""
+    from ..data.features import TOKENIZER_FILES
+    from ..target import load_tokenizer
+
+    if not any((Path(path) / name).is_file() for name in TOKENIZER_FILES):
+        raise ConfigError(f"target {str(path)!r} has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...); "
+                          f"copy the tokenizer into the target directory")
+    return load_tokenizer(path, trust_remote_code=trust_remote_code)
+
+
 class LazyTokenizer:
     """The target tokenizer, loaded on first use: pre-tokenised data never needs one."""
 
@@ -111,10 +120,8 @@ class LazyTokenizer:
 
     def get(self) -> Any:
         if self._tok is None and self._error is None:
-            from ..target import load_tokenizer
-
             try:
-                self._tok = load_tokenizer(self.path, trust_remote_code=self.trust_remote_code)
+                self._tok = load_target_tokenizer(self.path, trust_remote_code=self.trust_remote_code)
             except DraftsmithError as exc:
                 self._error = exc
         if self._error is not None:

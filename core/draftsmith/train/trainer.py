@@ -382,6 +382,7 @@ class Trainer:
             self._stop_if_non_finite(bad, "loss")
             norm = self._clip()
             self._stop_if_non_finite(None if math.isfinite(norm) else norm, "gradient norm")
+            lr = self.scheduler.get_last_lr()[0]  # the LR this step used
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
@@ -389,7 +390,7 @@ class Trainer:
             window.finish_step(norm, time.perf_counter() - step_start, self.features.seconds - target_before)
             if self.step % t.log_every == 0 or self.step == t.max_steps:
                 train_metrics = window.reduce()
-                self.log.record({"step": self.step, "split": "train", "lr": self.scheduler.get_last_lr()[0],
+                self.log.record({"step": self.step, "split": "train", "lr": lr,
                                  "epoch": self.epoch, **train_metrics})
                 window = _Window()
             self.log.advance(1, {"loss": train_metrics.get("loss", float("nan"))})
