@@ -76,6 +76,23 @@ def step_weights(steps: int, decay: float = 0.8) -> list[float]:
     return [w / total for w in raw]
 
 
+def chain_counts(correct: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """EAGLE-3 simulated-acceptance counts from per-step ``(K, N)`` bool tensors (step k of slot n correct /
+    supervised): ``hits_k`` = slots whose greedy chain is correct at every step ``<= k`` and supervised at every
+    step ``<= k``; ``chains_k`` = slots supervised at every step ``<= k``. A correct-but-unsupervised step cannot
+    happen (``correct`` implies ``valid``); a gap in supervision drops the chain from the later denominators, a
+    target outside the draft vocabulary (``valid`` but never ``correct``) breaks it."""
+    through = valid.long().cumprod(0).bool()
+    hits = (correct & valid).long().cumprod(0).bool() & through
+    return hits.sum(-1), through.sum(-1)
+
+
+def simulated_tau(hits: torch.Tensor, chains: torch.Tensor) -> float:
+    """``1 + Σ_k hits_k / chains_k`` over the depths that have any supervised chain."""
+    present = chains > 0
+    return 1.0 + float((hits[present].double() / chains[present].double()).sum())
+
+
 def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 

@@ -18,8 +18,8 @@ from draftsmith.errors import ConfigError, DataError
 from draftsmith.method import ObjectiveOutput, TargetFeatures, TargetHeads, TargetRequest
 
 from .common import weight_of
-from .losses import (batch_tensors, global_sum, prediction_validity, shift_left, soft_cross_entropy, step_weights,
-                     world_size)
+from .losses import (batch_tensors, chain_counts, global_sum, prediction_validity, shift_left, simulated_tau,
+                     soft_cross_entropy, step_weights, world_size)
 from .masks import causal_visibility
 from .vocab import select_draft_vocab
 
@@ -216,9 +216,7 @@ class Eagle3Objective(_EagleObjective):
         hidden = model.project_hidden_states(aux)  # (B, T, H)
         cache = model.new_ttt_cache()
         loss = hidden.new_zeros((), dtype=torch.float32)
-        chain = torch.ones(b * t, dtype=torch.bool, device=ids.device)  # greedy chain still correct
-        through = torch.ones_like(chain)  # chain supervised at every depth so far
-        stats = []  # per step: correct, hits, chains
+        correct = torch.zeros_like(valid)  # (K, B·T): greedy draft == target argmax, where supervised
         for k in range(k_steps):
             hidden = self.draft(input_ids=shift_left(ids, k + 1), projected_hidden_states=hidden,
                                 attention_mask=vis, position_ids=pos, cache_hidden=cache)  # (B, T, H)
@@ -226,16 +224,12 @@ class Eagle3Objective(_EagleObjective):
             logits = model.compute_logits(hidden.reshape(b * t, -1)[sl])  # (N_k, Vd)
             step_sum = soft_cross_entropy(logits, probs[rw]).sum()
             loss = loss + self.weights[k] * step_sum * (world_size() / counts[k].clamp_min(1.0))
-            correct = torch.zeros_like(chain)
-            correct[sl] = model.draft_to_target(logits.detach().argmax(-1)) == top[rw]
-            chain &= correct
-            through &= valid[k]
-            stats.append(torch.stack([correct.sum(), (chain & through).sum(), through.sum()]))
-        stats = global_sum(torch.stack(stats).float())  # (K, 3)
-        acc = stats[:, 0] / counts.clamp_min(1.0)
-        present = stats[:, 2] > 0
-        tau = 1.0 + (stats[present, 1] / stats[present, 2]).sum()
-        metrics = {"accuracy": (stats[:, 0].sum() / counts.sum().clamp_min(1.0)).item(), "tau_sim": tau.item()}
+            correct[k, sl] = model.draft_to_target(logits.detach().argmax(-1)) == top[rw]
+        hits, chains = chain_counts(correct, valid)
+        stats = global_sum(torch.stack([correct.sum(-1), hits, chains]).float())  # (3, K)
+        acc = stats[0] / counts.clamp_min(1.0)
+        metrics = {"accuracy": (stats[0].sum() / counts.sum().clamp_min(1.0)).item(),
+                   "tau_sim": simulated_tau(stats[1], stats[2])}
         metrics.update({f"acc_{k}": acc[k].item() for k in range(k_steps)})
         return ObjectiveOutput(loss=loss, metrics=metrics, num_tokens=int(valid[0].sum()))
 
