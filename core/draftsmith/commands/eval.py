@@ -32,13 +32,16 @@ def add_arguments(parser) -> None:
     parser.add_argument("--num-draft-tokens", "-k", type=int, default=None,
                         help="drafts per round (tree drafters: node budget); default: the drafter's own")
     parser.add_argument("--tree", default=None, metavar="KEY=VALUE[,KEY=VALUE...]",
-                        help="draft-tree options for tree drafters (e.g. EAGLE-2: --method eagle2 --tree "
-                             "depth=6,top_k=8); passed to the drafter as its 'tree' options")
+                        help="options of a tree drafter, e.g. EAGLE-2: --method eagle2 --tree top_k=4,max_depth=6 "
+                             "(the node budget is --num-draft-tokens); merged into the drafter options")
     parser.add_argument("--method", default=None,
                         help="decode with another method that uses the same drafts (e.g. eagle2 for an "
                              "eagle1 draft); default: the draft's own method")
+    parser.add_argument("--drafter", default=None, metavar="MODULE:CLASS",
+                        help="drafter class overriding the method's own (e.g. a tree drafter for a method that "
+                             "registers a chain drafter)")
     parser.add_argument("--drafter-option", action="append", default=[], metavar="KEY=VALUE",
-                        help="option for the method's drafter (JSON values allowed), repeatable")
+                        help="option for the drafter (JSON values allowed), repeatable")
     parser.add_argument("--check-lossless", action="store_true",
                         help="also decode plainly (greedy) and fail on any difference")
     parser.add_argument("--no-baseline", action="store_true", help="skip timing plain target decoding")
@@ -70,8 +73,22 @@ def parse_key_values(items: list[str], flag: str) -> dict:
 def drafter_options(args) -> dict:
     options = parse_key_values(args.drafter_option, "--drafter-option")
     if args.tree is not None:
-        options["tree"] = parse_key_values([p for p in args.tree.split(",") if p.strip()], "--tree")
+        options.update(parse_key_values([p for p in args.tree.split(",") if p.strip()], "--tree"))
     return options
+
+
+def build_drafter(args, method, draft, heads, options):
+    """The drafter: the method's own (or --drafter), built as ``cls(draft, heads, **options)``."""
+    from draftsmith.errors import ConfigError, DraftsmithError
+    from draftsmith.spec import import_object
+
+    cls = import_object(args.drafter) if args.drafter else method.load_drafter()
+    try:
+        return cls(draft, heads, **options)
+    except (TypeError, ValueError, DraftsmithError) as exc:
+        hint = (" (--tree needs a tree drafter: a method such as eagle2, or --drafter MODULE:CLASS)"
+                if args.tree is not None else "")
+        raise ConfigError(f"cannot build drafter {cls.__name__} with options {options}: {exc}{hint}") from exc
 
 
 def resolve_method(args, block: dict):
@@ -127,7 +144,7 @@ def run(args) -> int:
     check_draft_matches_target(block, target.config, args.draft)
     draft = load_draft(args.draft, dtype=target.dtype, device=device)
     heads = target_heads(target)
-    drafter = method.load_drafter()(draft, heads, **options)
+    drafter = build_drafter(args, method, draft, heads, options)
     eos = set(heads.eos_token_ids)
     if tokenizer.eos_token_id is not None:
         eos.add(int(tokenizer.eos_token_id))
@@ -139,7 +156,8 @@ def run(args) -> int:
                       check_lossless=args.check_lossless, baseline=not args.no_baseline, seed=args.seed,
                       progress=lambda items: tqdm(items, desc="eval", unit="prompt", file=sys.stderr,
                                                   disable=None))
-    info = {"method": method.name, "draft": args.draft, "target": args.target, "prompts": len(prompts),
+    info = {"method": method.name, "drafter": f"{type(drafter).__module__}:{type(drafter).__qualname__}",
+            "draft": args.draft, "target": args.target, "prompts": len(prompts),
             "device": str(device), "dtype": args.dtype, "max_new_tokens": args.max_new_tokens,
             "drafter_options": options, **report.to_dict()}
     if report.mismatch is not None:
@@ -169,7 +187,8 @@ def print_report(info: dict) -> None:
     s = info["sampling"]
     mode = "greedy" if s["temperature"] == 0 else f"T = {s['temperature']:g}, top-p {s['top_p']:g}, top-k " \
                                                   f"{s['top_k']}"
-    print(f"draftsmith eval — method {info['method']}, {info['prompts']} prompts, {mode}, "
+    print(f"draftsmith eval — method {info['method']} ({info['drafter'].rsplit(':', 1)[-1]}), "
+          f"{info['prompts']} prompts, {mode}, "
           f"{info['num_draft_tokens']} drafts/round, max {info['max_new_tokens']} new tokens, "
           f"{info['device']} {info['dtype']}")
     rows = [
