@@ -182,18 +182,24 @@ def test_eval_cli_subprocess_with_an_installed_plugin(tmp_path, cli_env):
     assert info["method"] == method and info["lossless"]["ok"] is True and info["tau"] >= 1.0
 
 
-@pytest.mark.parametrize("method", [m for m in ("eagle2",) if m in METHODS])
-def test_eval_cli_tree_drafting(tmp_path, capsys, method):
-    """--method eagle2 --tree on an eagle1 draft: tree proposals, one verify pass, still lossless."""
+TREE_CASES = [c for c in [("eagle1", ["--method", "eagle2"]),
+                          ("eagle3", ["--drafter", "draftsmith_eagle.drafting:EagleTreeDrafter"])]
+              if "eagle2" in METHODS]
+
+
+@pytest.mark.parametrize("draft_method,how", TREE_CASES, ids=[c[0] for c in TREE_CASES])
+def test_eval_cli_tree_drafting(tmp_path, capsys, draft_method, how):
+    """EAGLE-2 trees (eagle1 draft via --method eagle2; eagle3 draft via --drafter): tree proposals verified
+    in one pass, still lossless."""
     from draftsmith.cli import run_command
 
     model = save_tiny_target(tmp_path / "target", vocab_size=128)
-    build("eagle1", model).save_pretrained(tmp_path / "draft")
+    build(draft_method, model).save_pretrained(tmp_path / "draft")
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(json.dumps({"text": "the water of the day"}) + "\n")
     assert run_command(["eval", "--target", str(tmp_path / "target"), "--draft", str(tmp_path / "draft"),
                         "--prompts", str(prompts), "--max-new-tokens", "16", "--check-lossless", "--json",
-                        "--method", method, "--tree", "top_k=3,max_depth=3", "-k", "8"]) == 0
+                        *how, "--tree", "top_k=3,max_depth=3", "-k", "8"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["drafter"].endswith("EagleTreeDrafter") and info["lossless"]["ok"] is True
     assert info["rounds"] < info["drafted_tokens"] <= 8 * info["rounds"]  # up to 8 nodes per tree
