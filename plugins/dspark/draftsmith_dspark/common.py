@@ -136,3 +136,21 @@ def gather_positions(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     flat = positions.reshape(bsz, -1)  # (B, N)
     out = x.gather(1, flat[..., None].expand(-1, -1, dim))  # (B, N, D)
     return out.view(*positions.shape, dim)
+
+
+def copy_full_tensor(dst: torch.Tensor, src: torch.Tensor) -> None:
+    """``dst.copy_(src)`` across sharding: a DTensor ``src`` (e.g. an FSDP-sharded target embedding) is gathered
+    to the full tensor first; a DTensor ``dst`` (a sharded draft) receives the full tensor scattered with its
+    own mesh and placements."""
+    src = src.detach()
+    if hasattr(src, "full_tensor"):
+        src = src.full_tensor()
+    if tuple(src.shape) != tuple(dst.shape):
+        raise ValueError(f"cannot copy a tensor of shape {tuple(src.shape)} into one of shape {tuple(dst.shape)}")
+    with torch.no_grad():
+        if hasattr(dst, "device_mesh"):
+            from torch.distributed.tensor import distribute_tensor
+
+            dst.copy_(distribute_tensor(src.to(dst.dtype), dst.device_mesh, dst.placements))
+        else:
+            dst.copy_(src.to(device=dst.device, dtype=dst.dtype))

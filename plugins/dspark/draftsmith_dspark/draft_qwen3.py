@@ -26,9 +26,9 @@ from transformers import initialization as init
 
 from draftsmith.checkpoint import draft_metadata
 from draftsmith.nn.block_attention import BlockBackboneMixin, BlockLayout, block_position_ids
-from draftsmith.nn.rotary import RotaryEmbedding, compute_inv_freq
 
-from .common import DSparkForwardOutput, align_blocks, document_ids, gather_positions, sample_anchors
+from .common import (DSparkForwardOutput, align_blocks, copy_full_tensor, document_ids, gather_positions,
+                     sample_anchors)
 from .config import Qwen3DSparkConfig, build_dspark_config
 from .confidence_head import ConfidenceHead
 from .markov_head import build_markov_head
@@ -49,24 +49,6 @@ class DSparkHiddenOutput:
     eval_mask: torch.Tensor  # (B, A, γ) bool
     block_keep_mask: torch.Tensor  # (B, A) bool
     anchors: torch.Tensor  # (B, A)
-
-
-def _full(t: torch.Tensor) -> torch.Tensor:
-    """A plain tensor from a possibly sharded (DTensor) one."""
-    return t.full_tensor() if hasattr(t, "full_tensor") else t
-
-
-def _copy_into(dst: torch.Tensor, src: torch.Tensor) -> None:
-    src = _full(src.detach())
-    if tuple(src.shape) != tuple(dst.shape):
-        raise ValueError(f"cannot copy a target tensor of shape {tuple(src.shape)} into {tuple(dst.shape)}")
-    with torch.no_grad():
-        if hasattr(dst, "device_mesh"):  # the draft itself is sharded: scatter the full tensor the same way
-            from torch.distributed.tensor import distribute_tensor
-
-            dst.copy_(distribute_tensor(src.to(dst.dtype), dst.device_mesh, dst.placements))
-        else:
-            dst.copy_(src.to(device=dst.device, dtype=dst.dtype))
 
 
 class Qwen3DSparkModel(BlockBackboneMixin, PreTrainedModel):
@@ -104,19 +86,24 @@ class Qwen3DSparkModel(BlockBackboneMixin, PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        super()._init_weights(module)
+        super()._init_weights(module)  # the backbone mixin rebuilds the rotary inv_freq (fp32) on loading
         if getattr(module, "zero_init", False):  # Markov W2: a fresh head leaves the parallel logits unchanged
             init.zeros_(module.weight)
-        elif isinstance(module, RotaryEmbedding):  # non-persistent: recompute after meta-device loading
-            init.copy_(module.inv_freq, compute_inv_freq(self.config, self.config.head_dim)[0])
+
+    @classmethod
+    def from_pretrained(cls, *args: Any, **kwargs: Any) -> "Qwen3DSparkModel":
+        model = super().from_pretrained(*args, **kwargs)
+        if model.config.freeze_embeddings:  # loading re-creates the parameters; keep the copies frozen
+            model.freeze_embeddings()
+        return model
 
     def copy_embeddings_from_target(self, embed_tokens: nn.Module, lm_head: nn.Module) -> None:
         """Copy the target's token embedding and output head into the draft (DTensor-aware: sharded target
         weights are gathered, a sharded draft receives its own shards)."""
         if getattr(lm_head, "bias", None) is not None:
             raise ValueError("DSpark drafts copy a bias-free lm_head; this target's lm_head has a bias")
-        _copy_into(self.embed_tokens.weight, embed_tokens.weight)
-        _copy_into(self.lm_head.weight, lm_head.weight)
+        copy_full_tensor(self.embed_tokens.weight, embed_tokens.weight)
+        copy_full_tensor(self.lm_head.weight, lm_head.weight)
 
     def freeze_embeddings(self) -> None:
         """Freeze the copied target embedding and head (DSpark trains neither)."""
@@ -127,18 +114,19 @@ class Qwen3DSparkModel(BlockBackboneMixin, PreTrainedModel):
     def forward_hidden(self, input_ids: torch.Tensor, target_hidden_states: torch.Tensor, loss_mask: torch.Tensor,
                        target_last_hidden_states: torch.Tensor | None = None,
                        position_ids: torch.Tensor | None = None, anchors: torch.Tensor | None = None,
-                       block_keep_mask: torch.Tensor | None = None,
-                       generator: torch.Generator | None = None) -> DSparkHiddenOutput:
+                       block_keep_mask: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                       num_anchors: int | None = None) -> DSparkHiddenOutput:
         """All sampled blocks in one pass. ``input_ids`` / ``loss_mask`` (B, S); ``target_hidden_states``
         (B, S, m·H) concatenated feature layers; ``target_last_hidden_states`` (B, S, H) post-norm (teacher);
         ``position_ids`` (B, S) restarting at 0 per document when packed. ``anchors`` (B, A) (+ keep mask)
-        override the random anchor sampling."""
+        override the random anchor sampling; ``num_anchors`` overrides the config's sample width."""
         cfg = self.config
         bsz, seq_len = input_ids.shape
         gamma = cfg.block_size
         docs = document_ids(position_ids, input_ids.shape, input_ids.device)
         if anchors is None:
-            anchors, block_keep_mask = sample_anchors(loss_mask, cfg.num_anchors, doc_ids=docs, generator=generator)
+            anchors, block_keep_mask = sample_anchors(loss_mask, num_anchors or cfg.num_anchors, doc_ids=docs,
+                                                      generator=generator)
         elif block_keep_mask is None:
             block_keep_mask = torch.ones_like(anchors, dtype=torch.bool)
         num_anchors = anchors.shape[1]
@@ -153,7 +141,7 @@ class Qwen3DSparkModel(BlockBackboneMixin, PreTrainedModel):
                          else torch.arange(seq_len, device=input_ids.device).expand(bsz, -1))  # (B, S)
         layout = BlockLayout(anchors, gamma, seq_len, keep=block_keep_mask, document_ids=docs)
         hidden = self.backbone_forward(noise, positions, target_hidden_states.to(noise.dtype), ctx_positions,
-                                       layout.dense_mask())  # (B, A·γ, H)
+                                       layout.attention_mask())  # (B, A·γ, H)
         hidden = hidden.view(bsz, num_anchors, gamma, -1)  # (B, A, γ, H)
 
         phi = conf = None

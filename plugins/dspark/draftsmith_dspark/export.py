@@ -1,0 +1,54 @@
+"""The native DSpark checkpoint (NeMo AutoModel / DeepSpec layout): ``config.json`` + ``model.safetensors``.
+
+``config.json`` carries ``architectures: ["Qwen3DSparkModel"]``, the Qwen3 layer dims, ``block_size``,
+``mask_token_id``, ``target_layer_ids`` (output-of-layer ids), ``num_target_layers``, ``markov_rank``,
+``markov_head_type``, ``enable_confidence_head``, ``confidence_head_with_markov`` and the ``draftsmith`` block;
+the weights include the frozen full-vocab ``embed_tokens`` / ``lm_head`` copies, as DSpark checkpoints do.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from draftsmith.errors import DraftsmithError
+
+REQUIRED_CONFIG_KEYS = ("architectures", "block_size", "mask_token_id", "target_layer_ids", "num_target_layers",
+                        "markov_rank", "markov_head_type", "enable_confidence_head", "confidence_head_with_markov",
+                        "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
+                        "vocab_size", "draftsmith")
+
+
+def export_native(draft: Any, out_dir: str | Path, *, dtype: str | torch.dtype | None = None,
+                  **options: Any) -> Path:
+    """Write ``draft`` to ``out_dir`` as config.json + model.safetensors (optionally cast to ``dtype``, e.g.
+    ``"bfloat16"``; rotary frequencies are not saved). Returns the directory."""
+    if options:
+        raise DraftsmithError(f"unknown native-export option(s) {sorted(options)}; known: dtype")
+    config = getattr(draft, "config", None)
+    if config is None or getattr(config, "draftsmith", None) is None or config.mask_token_id is None:
+        raise DraftsmithError("export_native expects a DSpark draft built by Qwen3DSparkModel.build_draft_config")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stray = [p.name for p in out.iterdir() if p.name not in ("config.json", "model.safetensors")]
+    if stray:
+        raise DraftsmithError(f"export directory {str(out)!r} is not empty ({', '.join(sorted(stray))})")
+    state_dict = None
+    if dtype is not None:
+        dtype = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise DraftsmithError(f"export dtype must be a floating torch dtype name, got {dtype!r}")
+        # cast a copy of the tensors, never the live draft (a bf16 round trip would lose its fp32 weights)
+        state_dict = {k: v.detach().to(dtype) for k, v in draft.state_dict().items()}
+    draft.save_pretrained(str(out), state_dict=state_dict, safe_serialization=True)
+    written = json.loads((out / "config.json").read_text())
+    if dtype is not None:  # HF records the live model's dtype; the file must name the stored one
+        written["dtype"] = str(dtype).split(".")[1]
+        (out / "config.json").write_text(json.dumps(written, indent=2, sort_keys=True) + "\n")
+    missing = [k for k in REQUIRED_CONFIG_KEYS if k not in written]
+    if missing or not (out / "model.safetensors").is_file():
+        raise DraftsmithError(f"native export incomplete: missing config keys {missing} or model.safetensors")
+    return out
