@@ -120,16 +120,16 @@ class SpeculativeDecoder:
         remaining = max_new_tokens - len(tokens)
         k = min(self.num_draft_tokens, remaining)
 
-        synchronize(self.device)
-        t0 = time.perf_counter()
+        t0 = time.perf_counter()  # the previous round (or the prefill) ended with a synchronisation
         proposal = self.drafter.propose(anchor, k, self.sampling.temperature, self.generator)
-        draft_ids, tree, draft_probs = self._check(proposal, k)
+        draft_ids, tree, draft_probs = self._check(proposal, k)  # reads the tokens: synchronises
         t1 = time.perf_counter()
 
-        verification = self._verify(anchor, past, draft_ids, tree, draft_probs, cache)
-        path = verification.path[0].tolist()[: int(verification.num_accepted[0])]
-        accepted = len(path)
-        new = [draft_ids[i] for i in path] + [int(verification.next_token[0])]
+        v = self._verify(anchor, past, draft_ids, tree, draft_probs, cache)
+        # one device→host transfer for everything the bookkeeping needs
+        summary = torch.cat([v.num_accepted[:1], v.next_token[:1], v.offered[0].sum().view(1), v.path[0]]).tolist()
+        accepted, next_token, offered, path = summary[0], summary[1], summary[2], summary[3:3 + summary[0]]
+        new = [draft_ids[i] for i in path] + [next_token]
         # cut at the first EOS and at the length limit: exactly what plain decoding would have produced
         for j, t in enumerate(new):
             if t in self.eos:
@@ -147,7 +147,6 @@ class SpeculativeDecoder:
             self.drafter.commit(committed, features)
         synchronize(self.device)
         t3 = time.perf_counter()
-        offered = int(verification.offered[0].sum())
         return RoundRecord(drafted=tree.num_tokens, accepted=accepted, committed=len(new), offered_depths=offered,
                            draft_time=(t1 - t0) + (t3 - t2), verify_time=t2 - t1)
 
