@@ -22,6 +22,6 @@ from .verify import DraftTree, Verification, verify_greedy, verify_sampling
 
 __all__ = [
     "DEFAULT_NUM_DRAFT_TOKENS", "DecodeStats", "DraftTree", "GenerationResult", "RoundRecord", "SamplingConfig",
-    "SpeculativeDecoder", "Verification", "generate_plain", "target_distribution", "verify_greedy",
-    "verify_sampling",
+    "SpeculativeDecoder", "Verification", "default_num_tokens", "generate_plain", "target_distribution",
+    "verify_greedy", "verify_sampling",
 ]
