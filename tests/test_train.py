@@ -260,7 +260,7 @@ def test_resume_after_sigkill_reaches_the_same_weights(tmp_path, world, toy):
 
 # -- bad inputs: one clear line, non-zero exit ---------------------------------------------------------------------
 BAD_CASES = ["missing_target", "no_tokenizer", "no_chat_template", "empty_dataset", "all_masked_dataset",
-             "unknown_key", "unknown_method"]
+             "unknown_key", "unknown_method", "wrong_manifest"]
 
 
 @pytest.fixture(scope="module")
@@ -275,6 +275,12 @@ def bad_runs(tmp_path_factory):
     (root / "masked.jsonl").write_text(
         "\n".join(json.dumps({"messages": [{"role": "user", "content": f"q{i}"}]}) for i in range(3)) + "\n")
     nope = str(root / "nope")
+    draftsmith.reset_plugins()
+    T.register_toy()
+    from draftsmith.train.prepare import prepare_features
+
+    features = root / "features"  # built for seq_len 96; the run below asks for 64
+    prepare_features(from_dict(T.toy_config(root, good, data)), features, log=lambda s: None)
     cases = {
         "missing_target": ("--target", nope, f"target path '{nope}' does not exist"),
         "no_tokenizer": ("--target", str(no_tok), "has no tokenizer files"),
@@ -284,12 +290,13 @@ def bad_runs(tmp_path_factory):
         "unknown_key": ("--set", "train.max_step=3", "unknown config key 'train.max_step'; did you mean "
                                                      "'train.max_steps'?"),
         "unknown_method": ("--method", "medusa9", "unknown draft method 'medusa9'"),
+        "wrong_manifest": ("--offline-features", str(features), "field 'seq_len' is 96, the run has 64"),
     }
     launcher = T.launcher(root)
     commands = {}
     for case, (flag, value, message) in cases.items():
         args = ["train", "--method", "toy", "--target", str(good), "--data", str(data),
-                "--output-dir", str(root / case), "--max-steps", "1"]
+                "--output-dir", str(root / case), "--max-steps", "1", "--seq-len", "64"]
         if flag in args:
             args[args.index(flag) + 1] = value
         else:

@@ -45,14 +45,7 @@ CHATML_PLAIN = CHATML_GEN.replace("{%- generation %}", "").replace("{%- endgener
 
 
 def load():
-    """This module, imported once under a fixed name (so the toy classes have one import path).
-
-    Also pins torch to one thread: on the shared 2-core test machine, tiny models run ~10x faster single
-    threaded than with two contending OpenMP threads.
-    """
-    import torch as _torch
-
-    _torch.set_num_threads(1)
+    """This module, imported once under a fixed name (so the toy classes have one import path)."""
     if MODULE_NAME in sys.modules:
         return sys.modules[MODULE_NAME]
     spec = importlib.util.spec_from_file_location(MODULE_NAME, HERE)
@@ -136,6 +129,10 @@ def make_chat_data(path, n: int = 24, seed: int = 0, turns: int = 1) -> Path:
 
 # -- the toy method ------------------------------------------------------------------------------------------------
 import torch  # noqa: E402  (the toy method needs torch; the helpers above do not)
+
+# Tiny models on the shared 2-core test machine run ~10x faster single threaded than with two contending
+# OpenMP threads; every test process that loads these helpers uses one thread.
+torch.set_num_threads(1)
 from torch import nn  # noqa: E402
 from transformers import PretrainedConfig, PreTrainedModel  # noqa: E402
 

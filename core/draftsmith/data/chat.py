@@ -29,12 +29,13 @@ GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
 def resolve_template(tokenizer: Any, override: str | Path | None = None) -> str | None:
     """The chat template text in use: ``override`` (a file path or a Jinja string), else the tokenizer's."""
     if override:
-        p = Path(str(override))
+        text = str(override)
+        if "{%" in text or "{{" in text:  # an inline Jinja template, not a file name
+            return text
+        p = Path(text)
         if p.is_file():
             return p.read_text()
-        if "{%" in str(override) or "{{" in str(override):
-            return str(override)
-        raise ConfigError(f"chat template file {str(override)!r} does not exist")
+        raise ConfigError(f"chat template file {text!r} does not exist")
     template = getattr(tokenizer, "chat_template", None)
     if isinstance(template, dict):  # named templates: the default one renders conversations
         template = template.get("default") or next(iter(template.values()), None)

@@ -18,7 +18,7 @@ from torch import nn
 from ..errors import ConfigError, DraftsmithError
 from ..method import MethodSpec, TargetHeads, TargetRequest
 from .config import RunConfig
-from .distributed import DistInfo
+from .distributed import DistInfo, shard_target
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -209,6 +209,9 @@ def build_setup(config: RunConfig, info: DistInfo, device: torch.device, *,
     dtype = target_dtype(config.target.dtype, device)
     vocab = vocab_size_of(target_config)
 
+    data = None
+    if load_data and not offline:  # data problems surface before a (possibly huge) target is loaded
+        data = build_data(config, tokenizer, template, None, vocab, log)
     cache = None
     if offline:
         from ..data.features import FeatureCache
@@ -221,18 +224,29 @@ def build_setup(config: RunConfig, info: DistInfo, device: torch.device, *,
                              trust_remote_code=config.target.trust_remote_code,
                              attn_implementation=config.target.attn_implementation)
         heads = target_heads(target)
+        if config.target.shard and info.enabled:
+            heads = _own_heads(heads)  # drafts copy/reference full tables, never the shards
+            shard_target(target, info)
 
     draft = build_draft(spec, target_config, dict(config.draft), config.train.seed).to(device)
     objective = build_objective(method, draft, heads, dict(config.method_options))
     request = objective.target_request()
     setup = Setup(config=config, dist=info, device=device, method=method, spec=spec, target_config=target_config,
                   target=target, tokenizer=tokenizer, chat_template=template, heads=heads, draft=draft,
-                  objective=objective, request=request, target_dtype=dtype, cache=cache)
+                  objective=objective, request=request, target_dtype=dtype, cache=cache, data=data)
     if cache is not None:
         check_cache(setup)
-    if load_data:
-        setup.data = build_data(setup, vocab, log)
+        if load_data:
+            setup.data = build_data(config, tokenizer, template, cache, vocab, log)
     return setup
+
+
+def _own_heads(heads: TargetHeads) -> TargetHeads:
+    """Unsharded copies of the target's embedding and lm_head (taken before the target is sharded)."""
+    import copy
+
+    return dataclasses.replace(heads, embed_tokens=copy.deepcopy(heads.embed_tokens),
+                               lm_head=copy.deepcopy(heads.lm_head))
 
 
 def expected_manifest(setup: Setup) -> dict[str, Any]:
@@ -274,14 +288,14 @@ def check_cache(setup: Setup) -> None:
                                    f"data.{split} files {files}; the cache was built from other data")
 
 
-def build_data(setup: Setup, vocab: int, log: Callable[[str], None]) -> DataSplits:
+def build_data(cfg: RunConfig, tokenizer: LazyTokenizer, template: str | None, cache: Any, vocab: int,
+               log: Callable[[str], None]) -> DataSplits:
     from ..data.samples import split_eval
 
-    cfg = setup.config
-    if setup.cache is not None:
-        train_split = setup.cache.split("train")
+    if cache is not None:
+        train_split = cache.split("train")
         train_all = train_split.samples()
-        eval_split = setup.cache.split("eval") if setup.cache.has_split("eval") else None
+        eval_split = cache.split("eval") if cache.has_split("eval") else None
         if eval_split is not None:
             train_idx, eval_idx = list(range(len(train_all))), list(range(len(eval_split)))
             eval_samples = eval_split.samples()
@@ -292,18 +306,15 @@ def build_data(setup: Setup, vocab: int, log: Callable[[str], None]) -> DataSpli
         return DataSplits(train=[train_all[i] for i in train_idx], eval=eval_samples, cache_train=train_split,
                           cache_eval=eval_split or train_split, train_index=train_idx, eval_index=eval_idx)
 
-    samples, report = load_split_samples(cfg.data.train, cfg, setup.tokenizer, vocab, setup.chat_template,
-                                         cfg.data.max_samples)
+    samples, report = load_split_samples(cfg.data.train, cfg, tokenizer, vocab, template, cfg.data.max_samples)
     log(f"data: {report.summary()}")
     for w in report.warnings():
         log(f"warning: {w}")
     if cfg.data.eval:
-        eval_samples, eval_report = load_split_samples(cfg.data.eval, cfg, setup.tokenizer, vocab,
-                                                       setup.chat_template)
+        eval_samples, eval_report = load_split_samples(cfg.data.eval, cfg, tokenizer, vocab, template)
         log(f"eval data: {eval_report.summary()}")
         return DataSplits(train=samples, eval=eval_samples, report=report, eval_report=eval_report)
-    train_idx, eval_idx = split_eval(len(samples), cfg.data.eval_fraction, cfg.data.max_eval_samples,
-                                     cfg.train.seed)
+    train_idx, eval_idx = split_eval(len(samples), cfg.data.eval_fraction, cfg.data.max_eval_samples, cfg.train.seed)
     if eval_idx:
         log(f"eval: holding out {len(eval_idx)} of {len(samples)} samples (data.eval_fraction="
             f"{cfg.data.eval_fraction})")
