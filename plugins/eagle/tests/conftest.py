@@ -98,6 +98,16 @@ def heads_of(target):
     return target_heads(target)
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one intra-op thread. With several threads on a shared 2-core machine, every small op pays
+    for thread hand-offs (a 20-token decode went from 0.15 s to 6 s)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def eagle():
     """The helpers above (test modules cannot import this conftest under --import-mode=importlib)."""
