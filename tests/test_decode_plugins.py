@@ -207,3 +207,20 @@ def test_eval_cli_tree_drafting(tmp_path, capsys, draft_method, how):
     assert run_command(["eval", "--target", str(tmp_path / "target"), "--draft", str(tmp_path / "draft"),
                         "--prompts", str(prompts), "--tree", "top_k=3"]) == 1
     assert "--tree needs a tree drafter" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("threshold", [0.5, 1.0] if "dspark" in METHODS else [])
+def test_dspark_confidence_threshold_shortens_proposals_losslessly(threshold):
+    """DSpark's static confidence threshold may cut a proposal to any length, zero included (the round then
+    verifies the anchor alone): still the target's greedy output."""
+    model = target("qwen3")
+    spec = draftsmith.resolve_draft_spec("dspark", model.config.architectures)
+    torch.manual_seed(0)
+    draft = spec.build(model.config, **DRAFT_OPTIONS["dspark"], enable_confidence_head=True).eval()
+    drafter = draftsmith.get_method("dspark").load_drafter()(draft, target_heads(model),
+                                                             confidence_threshold=threshold)
+    ref = generate_plain(model, PROMPT, 24, eos_token_ids=())
+    out = SpeculativeDecoder(model, drafter, eos_token_ids=()).generate(PROMPT, 24)
+    assert out.tokens == ref.tokens
+    if threshold == 1.0:  # σ(c) < 1 always: every proposal is cut to nothing, every round has τ = 1
+        assert all(r.drafted == 0 for r in out.rounds) and out.taus == [1] * 23
