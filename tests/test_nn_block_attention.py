@@ -247,7 +247,7 @@ def test_backbone_rejects_no_context_layers():
 @pytest.mark.parametrize("kw", [dict(), dict(causal=True), dict(sliding_window=3),
                                 dict(document_ids=torch.tensor([[0] * 4 + [1] * 6, [0] * 10]))])
 @pytest.mark.parametrize("kv_heads", [1, 2, 4])
-def test_blockwise_backend_equals_dense_sdpa_with_gradients(kw, kv_heads):
+def test_structured_backends_equal_dense_sdpa_with_gradients(kw, kv_heads):
     bb = _backbone(4, num_key_value_heads=kv_heads)
     anchors = torch.tensor([[1, 5, 6], [0, 2, 0]])
     keep = torch.tensor([[True, True, True], [True, True, False]])
@@ -255,23 +255,37 @@ def test_blockwise_backend_equals_dense_sdpa_with_gradients(kw, kv_heads):
     noise, ctx = torch.randn(2, 9, 64), torch.randn(2, 10, 128)
     pos = block_position_ids(anchors, 3)
     outs, grads = [], []
-    for backend in ("sdpa", "blockwise"):
+    for backend in ("sdpa", "blockwise", "grouped"):
         bb.zero_grad()
         out = bb(noise, pos, ctx, None, layout.attention_mask(backend))
         (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
         outs.append(out.detach())
         grads.append({n: p.grad.clone() for n, p in bb.named_parameters()})
-    torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-5)
-    for name in grads[0]:
-        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-4)
+    for other in (1, 2):
+        torch.testing.assert_close(outs[other], outs[0], rtol=1e-5, atol=1e-5)
+        for name in grads[0]:
+            torch.testing.assert_close(grads[other][name], grads[0][name], rtol=1e-4, atol=1e-4)
+
+
+def test_grouped_mask_cuts_context_at_the_group_anchor():
+    layout = BlockLayout(torch.tensor([[2, 5, 9, 0]]), 2, 12, keep=torch.tensor([[True, True, True, False]]))
+    groups = layout.grouped_mask(blocks_per_group=2).groups
+    assert [(g[0], g[1], g[2]) for g in groups] == [(0, 4, 5), (4, 8, 9)]  # padding anchor does not widen
+    dense = layout.dense_mask()[0, 0]
+    for q0, q1, c, m in groups:  # each group mask is the dense mask restricted to its keys
+        assert torch.equal(m[0, 0, :, :c], dense[q0:q1, :c]) and torch.equal(m[0, 0, :, c:], dense[q0:q1, 12 + q0:12 + q1])
+        assert not dense[q0:q1, c:12].any()  # nothing visible was cut
+    with pytest.raises(ValueError, match="blocks_per_group"):
+        layout.grouped_mask(0)
 
 
 def test_blockwise_without_context_and_unknown_backend():
     bb = _backbone()
     layout = BlockLayout(torch.tensor([[0, 0]]), 2, 0)
     noise, pos = torch.randn(1, 4, 64), torch.tensor([[0, 1, 0, 1]])
-    torch.testing.assert_close(bb(noise, pos, None, None, layout.attention_mask("blockwise")),
-                               bb(noise, pos, None, None, layout.attention_mask("sdpa")))
+    for backend in ("blockwise", "grouped"):
+        torch.testing.assert_close(bb(noise, pos, None, None, layout.attention_mask(backend)),
+                                   bb(noise, pos, None, None, layout.attention_mask("sdpa")))
     with pytest.raises(ValueError, match="unknown block attention backend"):
         layout.attention_mask("magic")
     with pytest.raises(ValueError, match="training forwards"):

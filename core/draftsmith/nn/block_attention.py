@@ -50,7 +50,7 @@ from .norm import RMSNorm
 from .rotary import RotaryEmbedding, apply_rotary, compute_inv_freq
 
 PositionEmbeddings = tuple[torch.Tensor, torch.Tensor]  # (cos, sin), each (B, T, head_dim)
-ATTENTION_BACKENDS = ("sdpa", "blockwise")
+ATTENTION_BACKENDS = ("sdpa", "grouped", "blockwise")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -119,15 +119,39 @@ class BlockLayout:
             visible = visible & (docs[:, None, None, :] == anchor_doc[:, :, None, None])
         return visible.reshape(bt, n * bs, s)
 
-    def attention_mask(self, backend: str = "sdpa") -> Any:
-        """What to pass as ``attention_mask`` to the layers for an attention ``backend``: ``"sdpa"`` → the dense
-        bool mask (the reference path); ``"blockwise"`` → a :class:`BlockwiseMask` (context part + one in-block
-        pattern), computed without the ``N·B × N·B`` block-to-block product that the dense mask discards."""
+    def attention_mask(self, backend: str = "sdpa", blocks_per_group: int = 8) -> Any:
+        """What to pass as ``attention_mask`` to the layers for an attention ``backend``:
+
+        * ``"sdpa"`` → the dense bool mask (the reference path);
+        * ``"grouped"`` → a :class:`GroupedBlockMask`: consecutive blocks in groups of ``blocks_per_group``, each
+          group one SDPA call over only the context its anchors can see (``kv < max anchor``) and its own
+          blocks — most of the dense product is masked-out work (other blocks, context past the anchor);
+        * ``"blockwise"`` → a :class:`BlockwiseMask`: explicit scores of the context and of the own block, one
+          softmax (no SDPA kernel; exact, memory-heavy).
+        """
         if backend == "sdpa":
             return self.dense_mask()
+        if backend == "grouped":
+            return self.grouped_mask(blocks_per_group)
         if backend == "blockwise":
             return BlockwiseMask(self.context_mask(), self.block_mask(), self.block_size)
         raise ValueError(f"unknown block attention backend {backend!r}; choose from {list(ATTENTION_BACKENDS)}")
+
+    def grouped_mask(self, blocks_per_group: int = 8) -> "GroupedBlockMask":
+        if blocks_per_group < 1:
+            raise ValueError(f"blocks_per_group must be >= 1, got {blocks_per_group}")
+        groups = []
+        for lo in range(0, self.num_blocks, blocks_per_group):
+            hi = min(lo + blocks_per_group, self.num_blocks)
+            anchors = self.anchors[:, lo:hi]
+            keep = self.keep[:, lo:hi] if self.keep is not None else None
+            # no query of the group sees context at or past its largest anchor: cut the keys there
+            ctx_len = int((anchors if keep is None else anchors * keep).max()) if self.context_len else 0
+            sub = BlockLayout(anchors, self.block_size, ctx_len, keep=keep, causal=self.causal,
+                              sliding_window=self.sliding_window,
+                              document_ids=None if self.document_ids is None else self.document_ids[:, :ctx_len])
+            groups.append((lo * self.block_size, hi * self.block_size, ctx_len, sub.dense_mask()))
+        return GroupedBlockMask(groups)
 
     def block_mask(self, device: torch.device | None = None) -> torch.Tensor:
         """``(B, B)`` bool in-block visibility: all True, or lower-triangular when ``causal``."""
@@ -144,6 +168,33 @@ class BlockLayout:
             torch.zeros(0, 0, dtype=torch.bool, device=self.anchors.device)  # (N·B, N·B)
         own = own.unsqueeze(0).expand(bt, n * bs, n * bs)
         return torch.cat([ctx, own], dim=-1).unsqueeze(1)
+
+
+@dataclasses.dataclass
+class GroupedBlockMask:
+    """The block mask cut into query groups (training only: keys are ``[context | all blocks]``).
+
+    ``groups``: ``(q_start, q_end, ctx_len, mask)`` per group of consecutive blocks; its queries are rows
+    ``q_start:q_end``, its keys the first ``ctx_len`` context rows then its own block rows, ``mask`` the dense
+    bool mask ``(Bt, 1, q_end − q_start, ctx_len + q_end − q_start)`` over those keys.
+    """
+
+    groups: list[tuple[int, int, int, torch.Tensor]]
+
+
+def grouped_attention(q: torch.Tensor, k_ctx: torch.Tensor | None, v_ctx: torch.Tensor | None,
+                      k_blk: torch.Tensor, v_blk: torch.Tensor, mask: GroupedBlockMask, scale: float) -> torch.Tensor:
+    """One SDPA call per group of blocks over ``[context[:ctx_len] | the group's blocks]``; (Bt, Hq, N·B, D)."""
+    gqa = q.shape[1] != k_blk.shape[1]
+    outs = []
+    for q_start, q_end, ctx_len, group_mask in mask.groups:
+        k, v = k_blk[:, :, q_start:q_end], v_blk[:, :, q_start:q_end]
+        if ctx_len and k_ctx is not None:
+            k = torch.cat([k_ctx[:, :, :ctx_len], k], dim=2)
+            v = torch.cat([v_ctx[:, :, :ctx_len], v], dim=2)
+        outs.append(F.scaled_dot_product_attention(q[:, :, q_start:q_end], k, v, attn_mask=group_mask, scale=scale,
+                                                   enable_gqa=gqa))
+    return torch.cat(outs, dim=2)
 
 
 @dataclasses.dataclass
@@ -276,17 +327,19 @@ class KVInjectionAttention(nn.Module):
                 k_ctx, v_ctx = cache.append(self.layer_idx, k_ctx, v_ctx)
             else:
                 k_ctx, v_ctx = cache.get(self.layer_idx)
-        if isinstance(attention_mask, BlockwiseMask):
+        if isinstance(attention_mask, (BlockwiseMask, GroupedBlockMask)):
             k = v = None  # keys stay split: context and blocks are scored separately
         elif k_ctx is not None:
             k, v = torch.cat([k_ctx, k_blk], dim=2), torch.cat([v_ctx, v_blk], dim=2)  # (B, Hk, C+Q, D)
         else:
             k, v = k_blk, v_blk
 
-        if isinstance(attention_mask, BlockwiseMask):
+        if isinstance(attention_mask, (BlockwiseMask, GroupedBlockMask)):
             if cache is not None:
-                raise ValueError("the blockwise backend is for training forwards; decode with a dense mask or None")
-            out = blockwise_attention(q, k_ctx, v_ctx, k_blk, v_blk, attention_mask, self.scaling)
+                raise ValueError("the grouped/blockwise backends are for training forwards; decode with a dense "
+                                 "mask or None")
+            structured = blockwise_attention if isinstance(attention_mask, BlockwiseMask) else grouped_attention
+            out = structured(q, k_ctx, v_ctx, k_blk, v_blk, attention_mask, self.scaling)
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, scale=self.scaling,
                                                  enable_gqa=self.num_kv_heads != self.num_heads)  # (B, Hq, Q, D)
@@ -412,6 +465,6 @@ class BlockDraftBackbone(BlockBackboneMixin, nn.Module):
 
 
 __all__ = [
-    "BlockLayout", "BlockwiseMask", "blockwise_attention", "build_block_mask", "additive_mask", "block_position_ids", "KVInjectionAttention", "SwiGLUMLP",
+    "BlockLayout", "GroupedBlockMask", "grouped_attention", "BlockwiseMask", "blockwise_attention", "build_block_mask", "additive_mask", "block_position_ids", "KVInjectionAttention", "SwiGLUMLP",
     "BlockDecoderLayer", "BlockBackboneMixin", "BlockDraftBackbone", "DraftKVCache", "PositionEmbeddings",
 ]

@@ -1,8 +1,8 @@
 """DFlash training objective (methods.md §2.3–2.4): sampled anchors, one batched block forward, decayed CE.
 
 Per sequence, up to ``num_anchors`` anchors are drawn uniformly without replacement among positions with
-``loss_mask[a]`` and a whole block inside the sequence (seeded: ``seed + data-parallel rank``, so runs are
-reproducible and ranks draw different anchors). All blocks of the batch run in one forward with the block
+``loss_mask[a]`` and a whole block inside the sequence (seeded from ``seed``, the data-parallel rank and the
+call count, so runs and resumptions are reproducible and ranks draw different anchors). All blocks of the batch run in one forward with the block
 mask (context strictly before the anchor, own block bidirectional). Slot ``k >= 1`` predicts ``y[a + k]``
 through the frozen target ``lm_head``; the loss is the hard-label cross-entropy weighted by
 ``exp(−(k−1)/γ)`` and normalised by ``Σ weight·mask`` of the micro-batch (the DFlash/NeMo convention). An
@@ -63,17 +63,25 @@ class DFlashObjective:
         self.kd_weight, self.kd_temperature = float(kd_weight), float(kd_temperature)
         self.attention_backend = attention_backend
         self.slot_weights = decay_weights(self.block_size, loss_decay_gamma)  # (B,), 0 for the anchor slot
-        self.generator = torch.Generator().manual_seed(int(seed) + _dp_rank())
+        self.seed, self.rank = int(seed), _dp_rank()
+        self.calls = 0  # micro-batches seen: with seed and rank, it fixes the next anchor draw
 
     def target_request(self) -> TargetRequest:
         return TargetRequest(layer_ids=tuple(self.draft.target_layer_ids), final_hidden=self.kd_weight > 0)
 
-    # Reproducible resumption: the anchor RNG is the objective's only state.
+    # Anchor draws are a pure function of (seed, data-parallel rank, call count), so the only state is the call
+    # count — identical on every rank, which keeps ranks drawing different anchors after a resume that restores
+    # rank 0's state everywhere.
     def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state()}
+        return {"calls": self.calls}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.generator.set_state(state["generator"])
+        self.calls = int(state["calls"])
+
+    def _anchor_generator(self) -> torch.Generator:
+        mixed = (self.seed * 0x9E3779B97F4A7C15 + self.rank * 0xBF58476D1CE4E5B9 + self.calls) % (2 ** 63)
+        self.calls += 1
+        return torch.Generator().manual_seed(mixed)
 
     # ------------------------------------------------------------------------------------------------------
 
@@ -109,7 +117,7 @@ class DFlashObjective:
         if "attention_mask" in batch:
             loss_mask = loss_mask.bool() & batch["attention_mask"].bool()
         valid = anchor_candidates(loss_mask, self.block_size, docs)
-        anchors, keep = sample_anchors(valid, self.num_anchors, self.generator)  # (B, N)
+        anchors, keep = sample_anchors(valid, self.num_anchors, self._anchor_generator())  # (B, N)
         labels, mask = block_labels(input_ids, loss_mask, anchors, keep, self.block_size, docs)  # (B, N, B)
         if not mask.any():
             return self._zero_output()

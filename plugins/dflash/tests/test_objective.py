@@ -52,7 +52,7 @@ def test_loss_equals_explicit_per_block_reference(dflash):
     from draftsmith_dflash.anchors import anchor_candidates, sample_anchors
 
     lm = batch["loss_mask"].bool() & batch["attention_mask"].bool()
-    anchors, keep = sample_anchors(anchor_candidates(lm, 4), 5, again.generator)
+    anchors, keep = sample_anchors(anchor_candidates(lm, 4), 5, again._anchor_generator())
     ids, layers = batch["input_ids"], s.draft.target_layer_ids
     num, den, hits, total, accept = 0.0, 0.0, 0, 0, []
     for b in range(2):
@@ -96,9 +96,17 @@ def test_anchors_are_seeded_and_reproducible(dflash):
     assert first[0] == first[1] and other != first[0]
     objective, feats, _ = _run(s, batch, num_anchors=4, seed=1)
     state = objective.state_dict()
+    assert state == {"calls": 1}
     a = float(objective(batch, feats).loss.detach())
     objective.load_state_dict(state)
     assert float(objective(batch, feats).loss.detach()) == a
+    import draftsmith_dflash.objective as mod
+
+    rank1 = DFlashObjective(s.draft, s.heads, num_anchors=4, seed=1)
+    rank1.rank = 1  # another data-parallel rank draws other anchors from the same state
+    rank1.load_state_dict(state)
+    assert float(rank1(batch, feats).loss.detach()) != a
+    assert mod._dp_rank() == 0
 
 
 def test_kd_term_off_by_default_and_zero_against_itself(dflash):
@@ -140,12 +148,12 @@ def test_packed_rows_never_see_other_documents(dflash):
         ids2[0, :6] = torch.randint(0, 120, (6,), generator=g)
         for h in feats2.values():
             h[:, :6] = torch.randn(1, 6, 64, generator=g)
-        objective.load_state_dict({"generator": torch.Generator().manual_seed(4).get_state()})
+        objective.load_state_dict({"calls": 4})
         out = objective({"input_ids": ids2, "loss_mask": loss_mask, "position_ids": pos}, TargetFeatures(feats2))
         losses.append(float(out.loss.detach()))
     assert losses[0] == pytest.approx(losses[1], rel=1e-6)
     ids2[0, 9] = (ids2[0, 9] + 1) % 120  # ... while a change inside document 2 does
-    objective.load_state_dict({"generator": torch.Generator().manual_seed(4).get_state()})
+    objective.load_state_dict({"calls": 4})
     assert float(objective({"input_ids": ids2, "loss_mask": loss_mask, "position_ids": pos},
                            TargetFeatures(feats2)).loss.detach()) != pytest.approx(losses[1], rel=1e-6)
 
