@@ -167,11 +167,11 @@ class Qwen3DSparkModel(BlockBackboneMixin, PreTrainedModel):
     def forward(self, input_ids: torch.Tensor, target_hidden_states: torch.Tensor, loss_mask: torch.Tensor,
                 target_last_hidden_states: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
                 anchors: torch.Tensor | None = None, block_keep_mask: torch.Tensor | None = None,
-                generator: torch.Generator | None = None) -> DSparkForwardOutput:
+                generator: torch.Generator | None = None, num_anchors: int | None = None) -> DSparkForwardOutput:
         """The reference training forward with materialised ``[B, A, γ, V]`` logits (methods.md §3.5). Training
         uses :meth:`forward_hidden` + the fused loss instead, which never materialises them."""
         out = self.forward_hidden(input_ids, target_hidden_states, loss_mask, target_last_hidden_states,
-                                  position_ids, anchors, block_keep_mask, generator)
+                                  position_ids, anchors, block_keep_mask, generator, num_anchors)
         teacher = self.lm_head(out.teacher_hidden).detach() if out.teacher_hidden is not None else None
         return DSparkForwardOutput(draft_logits=self.compute_logits(out.hidden, out.markov_features),
                                    target_ids=out.target_ids, eval_mask=out.eval_mask,

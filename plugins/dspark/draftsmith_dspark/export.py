@@ -33,9 +33,9 @@ def export_native(draft: Any, out_dir: str | Path, *, dtype: str | torch.dtype |
         raise DraftsmithError("export_native expects a DSpark draft built by Qwen3DSparkModel.build_draft_config")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stray = [p.name for p in out.iterdir() if p.name not in ("config.json", "model.safetensors")]
-    if stray:
-        raise DraftsmithError(f"export directory {str(out)!r} is not empty ({', '.join(sorted(stray))})")
+    present = sorted(p.name for p in out.iterdir())
+    if present:  # never mix with (or silently replace) another checkpoint
+        raise DraftsmithError(f"export directory {str(out)!r} is not empty ({', '.join(present)})")
     state_dict = None
     if dtype is not None:
         dtype = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype

@@ -71,6 +71,16 @@ def make_batch(batch: int = 2, length: int = 24, prompt: int = 5, seed: int = 3,
     return {"input_ids": ids, "attention_mask": attn, "loss_mask": loss}
 
 
+@pytest.fixture(autouse=True)
+def _single_thread():
+    """Tiny models gain nothing from intra-op threads, and on a shared, loaded CPU OpenMP spin-waiting makes
+    each small matmul ~100x slower; restored after each test so other suites are unaffected."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny():
     """The helpers above, as a namespace (pytest's importlib mode cannot import conftest directly)."""

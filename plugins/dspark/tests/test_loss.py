@@ -5,6 +5,7 @@ diagnostics, and global denominators under data parallelism (2 gloo processes)."
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
 
@@ -260,8 +261,9 @@ def test_global_denominators_under_data_parallelism(tmp_path):
                                                          "confidence_pred", "aligned_target_logits")},
                    tmp_path / f"part{rank}.pt")
     # two plain processes (a gloo group of 2) importing only torch + the loss module
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     procs = [subprocess.Popen([sys.executable, "-c", _DP_WORKER, str(r), "2", str(tmp_path / "init"), str(tmp_path)],
-                              stderr=subprocess.PIPE, text=True) for r in range(2)]
+                              stderr=subprocess.PIPE, text=True, env=env) for r in range(2)]
     for proc in procs:
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
