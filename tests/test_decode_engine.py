@@ -59,8 +59,6 @@ ARCHS = [("qwen3", {}), ("llama", {"num_layers": 3, "seed": 1}), ("qwen2", {"see
 @pytest.mark.parametrize("arch,kw", ARCHS, ids=[a for a, _ in ARCHS])
 @pytest.mark.parametrize("kind", ["random", "oracle", "tree"])
 def test_greedy_speculative_equals_plain_greedy(arch, kw, kind):
-    if kind == "tree" and "sliding_window" in kw:
-        kw = {**kw, "sliding_window": 4096}  # trees are verified within the window only (tested below)
     model = target(arch, **kw)
     ref = generate_plain(model, PROMPT, 48, eos_token_ids=())
     d = drafter(kind, PROMPT.tolist() + ref.tokens)
@@ -72,16 +70,49 @@ def test_greedy_speculative_equals_plain_greedy(arch, kw, kind):
         assert sum(out.taus) / len(out.taus) > 1.8  # the oracle's drafts are mostly right
 
 
-def test_sliding_window_cache_is_rolled_back():
+SLIDING = {"mistral": {"seed": 3},  # every layer slides; no layer_types
+           "qwen2": {"seed": 2, "use_sliding_window": True, "max_window_layers": 2}}  # mixed via layer_types
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("window", [5, 8, 30])
+@pytest.mark.parametrize("arch", list(SLIDING))
+def test_trees_and_chains_on_sliding_window_targets(arch, attn, window):
+    """Sliding-window layers: the chain cache is rolled back past the window, and tree verification masks
+    the context rows a deeper node can no longer see (windows shorter than, around and beyond the tree)."""
     from draftsmith.decode.cache import new_cache
 
-    model = target("mistral", sliding_window=8, seed=3)
-    assert any(type(layer).__name__ == "DynamicSlidingWindowLayer" for layer in new_cache(model).layers)
-    tree_model = target("mistral", sliding_window=8, seed=3)
-    ref = generate_plain(tree_model, PROMPT, 20, eos_token_ids=())
-    d = drafter("tree", PROMPT.tolist() + ref.tokens)
-    with pytest.raises(DraftsmithError, match="sliding window"):
-        SpeculativeDecoder(tree_model, d, num_draft_tokens=GAMMA, eos_token_ids=()).generate(PROMPT, 20)
+    model = target(arch, sliding_window=window, attn_implementation=attn, **SLIDING[arch])
+    kinds = [type(layer).__name__ for layer in new_cache(model).layers]
+    assert kinds.count("DynamicSlidingWindowLayer") == (4 if arch == "mistral" else 2)
+    ref = generate_plain(model, PROMPT, 40, eos_token_ids=())
+    for kind in ("oracle", "tree"):
+        d = drafter(kind, PROMPT.tolist() + ref.tokens)
+        out = SpeculativeDecoder(model, d, num_draft_tokens=GAMMA, eos_token_ids=()).generate(PROMPT, 40)
+        assert out.tokens == ref.tokens, kind
+        assert sum(out.taus) / len(out.taus) > 1.8
+
+
+def test_tree_mask_for_sliding_layers_hides_context_beyond_the_window():
+    from draftsmith.decode.cache import new_cache, tree_attention_mask
+    from draftsmith.decode.verify import DraftTree
+
+    tree = DraftTree.from_parents([-1, 0, 1], 3)  # a chain given as a tree: depths 1, 2, 3
+    depths = torch.tensor([0, 1, 2, 3])
+    mistral = target("mistral", sliding_window=4, seed=3)
+    sliding = tree_attention_mask(tree.ancestor_matrix(), depths, 10, mistral, new_cache(mistral),
+                                  torch.float32)[0, 0]  # (4, 10 + 4): nothing cached yet → 10 context rows
+    # the anchor (position 10) sees positions 7..9 and itself; the depth-3 node (13) no context, its ancestors
+    assert sliding[0].tolist() == [False] * 7 + [True] * 3 + [True, False, False, False]
+    assert sliding[3].tolist() == [False] * 10 + [True] * 4
+    narrow = target("mistral", sliding_window=3, seed=3)
+    row = tree_attention_mask(tree.ancestor_matrix(), depths, 10, narrow, new_cache(narrow), torch.float32)
+    assert row[0, 0, 3].tolist() == [False] * 10 + [False, True, True, True]  # the anchor is 3 positions back
+    qwen2 = target("qwen2", sliding_window=4, seed=2, use_sliding_window=True, max_window_layers=2)
+    masks = tree_attention_mask(tree.ancestor_matrix(), depths, 10, qwen2, new_cache(qwen2), torch.float32)
+    assert set(masks) == {"full_attention", "sliding_attention"}
+    assert torch.equal(masks["sliding_attention"][0, 0], sliding)
+    assert masks["full_attention"][0, 0, 3].tolist() == [True] * 14
 
 
 @pytest.mark.parametrize("kind", ["random", "oracle", "tree"])

@@ -67,30 +67,53 @@ def compact(cache: Any, block_len: int, keep: Sequence[int]) -> None:
     cache.crop(0)  # sliding layers shrink back to their window
 
 
-def sliding_window(model: Any) -> int | None:
-    """The smallest sliding window among the target's attention layers, or None."""
-    config = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else model.config
-    window = getattr(config, "sliding_window", None)
-    layer_types = getattr(config, "layer_types", None)
-    if window is None:
-        return None
-    if layer_types is not None and not any("sliding" in str(t) for t in layer_types):
-        return None
-    if getattr(config, "use_sliding_window", True) is False:
-        return None
-    return int(window)
+def _text_config(model: Any) -> Any:
+    config = model.config
+    return config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
 
 
-def tree_attention_mask(ancestors: torch.Tensor, past_len: int, model: Any, dtype: torch.dtype) -> torch.Tensor:
-    """4-D mask (1, 1, m, past_len + m) for verifying ``m`` tree nodes in one pass: every node sees the whole
-    committed context and, among the nodes, only itself and its ancestors (``ancestors`` (m, m) bool)."""
-    m = ancestors.shape[0]
-    visible = torch.cat([torch.ones(m, past_len, dtype=torch.bool, device=ancestors.device), ancestors], dim=1)
+def _as_attention_mask(visible: torch.Tensor, model: Any, dtype: torch.dtype) -> torch.Tensor:
+    """(m, n) bool "may attend" → the 4-D mask format of the target's attention implementation."""
     impl = getattr(model.config, "_attn_implementation", None) or "eager"
     if impl == "sdpa":
-        return visible[None, None]  # SDPA takes a boolean "may attend" mask
+        return visible[None, None]  # SDPA takes a boolean mask
     if impl == "eager":
-        mask = torch.zeros(visible.shape, dtype=dtype, device=ancestors.device)
+        mask = torch.zeros(visible.shape, dtype=dtype, device=visible.device)
         return mask.masked_fill(~visible, torch.finfo(dtype).min)[None, None]
     raise DraftsmithError(f"tree verification needs a custom 4-D attention mask, which attn_implementation "
                           f"{impl!r} does not take; load the target with attn_implementation='sdpa' or 'eager'")
+
+
+def tree_attention_mask(ancestors: torch.Tensor, depths: torch.Tensor, past_len: int, model: Any, cache: Any,
+                        dtype: torch.dtype) -> Any:
+    """Mask for verifying ``m`` tree nodes in one pass: every node sees the committed context and, among the
+    nodes, only itself and its ancestors (``ancestors`` (m, m) bool; ``depths`` (m,), anchor = 0).
+
+    Full-attention layers get (1, 1, m, past_len + m). Sliding-window layers (their cache holds only the last
+    context rows) get a mask over those rows that also hides what lies beyond the window from deeper nodes.
+    Models with per-layer ``layer_types`` take a ``{layer type: mask}`` dict as ``attention_mask``; models
+    whose layers all slide (e.g. Mistral) take the sliding mask itself."""
+    from transformers.cache_utils import DynamicSlidingWindowLayer
+
+    device = ancestors.device
+    m = ancestors.shape[0]
+    full = torch.cat([torch.ones(m, past_len, dtype=torch.bool, device=device), ancestors], dim=1)
+    sliding_layer = next((lay for lay in cache.layers if isinstance(lay, DynamicSlidingWindowLayer)), None)
+    if sliding_layer is None:
+        return _as_attention_mask(full, model, dtype)
+    window = int(sliding_layer.sliding_window)
+    context = int(sliding_layer.keys.shape[-2]) if sliding_layer.is_initialized else past_len
+    ctx_pos = torch.arange(past_len - context, past_len, device=device)  # positions the layer still holds
+    node_pos = past_len + depths.to(device)  # (m,)
+    ctx_visible = (node_pos[:, None] - ctx_pos[None, :]) < window  # (m, context)
+    node_visible = ancestors & ((node_pos[:, None] - node_pos[None, :]) < window)  # (m, m)
+    sliding = _as_attention_mask(torch.cat([ctx_visible, node_visible], dim=1), model, dtype)
+    layer_types = getattr(_text_config(model), "layer_types", None)
+    if layer_types is None:
+        return sliding
+    masks = {}
+    for kind in set(layer_types):
+        if kind not in ("full_attention", "sliding_attention"):
+            raise DraftsmithError(f"tree verification does not support {kind!r} layers; use chain drafting")
+        masks[kind] = sliding if kind == "sliding_attention" else _as_attention_mask(full, model, dtype)
+    return masks

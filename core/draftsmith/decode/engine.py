@@ -84,7 +84,6 @@ class SpeculativeDecoder:
         if eos_token_ids is None:
             eos_token_ids = target_heads(target).eos_token_ids
         self.eos = frozenset(int(e) for e in eos_token_ids)
-        self.window = kv.sliding_window(target)
         self.vocab_size = int(target.get_output_embeddings().weight.shape[0])
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
@@ -158,11 +157,9 @@ class SpeculativeDecoder:
             positions = torch.arange(past, past + m, device=self.device)[None]  # (1, m)
             mask = None  # causal with the cache: HF builds it
         else:
-            if self.window is not None and past + m > self.window:
-                raise DraftsmithError(f"tree verification beyond the target's sliding window ({self.window}) is "
-                                      f"not supported; use chain drafting for this target")
-            positions = torch.tensor([[past, *(past + d for d in tree.depths)]], device=self.device)  # (1, m)
-            mask = kv.tree_attention_mask(tree.ancestor_matrix(self.device), past, self.target,
+            depths = torch.tensor([0, *tree.depths], device=self.device)  # (m,) the anchor at depth 0
+            positions = (past + depths)[None]  # (1, m): a node sits at start + its depth
+            mask = kv.tree_attention_mask(tree.ancestor_matrix(self.device), depths, past, self.target, cache,
                                           self._dtype())
         out = self.target(input_ids=input_ids, position_ids=positions, attention_mask=mask,
                           past_key_values=cache, use_cache=True)
