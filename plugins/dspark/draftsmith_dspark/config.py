@@ -37,7 +37,7 @@ DRAFT_OPTIONS: dict[str, Any] = {
 }
 # Objective options that may arrive in the same option dict; the draft does not need them.
 OBJECTIVE_OPTIONS = ("loss_decay_gamma", "ce_loss_alpha", "l1_loss_alpha", "confidence_head_alpha",
-                     "loss_chunk_size")
+                     "loss_chunk_size", "seed", "attention_backend")
 
 
 @strict

@@ -115,11 +115,13 @@ class Qwen3DSparkModel(BlockBackboneMixin, PreTrainedModel):
                        target_last_hidden_states: torch.Tensor | None = None,
                        position_ids: torch.Tensor | None = None, anchors: torch.Tensor | None = None,
                        block_keep_mask: torch.Tensor | None = None, generator: torch.Generator | None = None,
-                       num_anchors: int | None = None) -> DSparkHiddenOutput:
+                       num_anchors: int | None = None, attention_backend: str = "sdpa") -> DSparkHiddenOutput:
         """All sampled blocks in one pass. ``input_ids`` / ``loss_mask`` (B, S); ``target_hidden_states``
         (B, S, m·H) concatenated feature layers; ``target_last_hidden_states`` (B, S, H) post-norm (teacher);
         ``position_ids`` (B, S) restarting at 0 per document when packed. ``anchors`` (B, A) (+ keep mask)
-        override the random anchor sampling; ``num_anchors`` overrides the config's sample width."""
+        override the random anchor sampling; ``num_anchors`` overrides the config's sample width;
+        ``attention_backend`` picks the block-attention implementation (same result: "sdpa" dense mask,
+        "grouped", "blockwise", "flex")."""
         cfg = self.config
         bsz, seq_len = input_ids.shape
         gamma = cfg.block_size
@@ -141,7 +143,7 @@ class Qwen3DSparkModel(BlockBackboneMixin, PreTrainedModel):
                          else torch.arange(seq_len, device=input_ids.device).expand(bsz, -1))  # (B, S)
         layout = BlockLayout(anchors, gamma, seq_len, keep=block_keep_mask, document_ids=docs)
         hidden = self.backbone_forward(noise, positions, target_hidden_states.to(noise.dtype), ctx_positions,
-                                       layout.attention_mask())  # (B, A·γ, H)
+                                       layout.attention_mask(attention_backend))  # (B, A·γ, H)
         hidden = hidden.view(bsz, num_anchors, gamma, -1)  # (B, A, γ, H)
 
         phi = conf = None
@@ -167,11 +169,13 @@ class Qwen3DSparkModel(BlockBackboneMixin, PreTrainedModel):
     def forward(self, input_ids: torch.Tensor, target_hidden_states: torch.Tensor, loss_mask: torch.Tensor,
                 target_last_hidden_states: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
                 anchors: torch.Tensor | None = None, block_keep_mask: torch.Tensor | None = None,
-                generator: torch.Generator | None = None, num_anchors: int | None = None) -> DSparkForwardOutput:
+                generator: torch.Generator | None = None, num_anchors: int | None = None,
+                attention_backend: str = "sdpa") -> DSparkForwardOutput:
         """The reference training forward with materialised ``[B, A, γ, V]`` logits (methods.md §3.5). Training
         uses :meth:`forward_hidden` + the fused loss instead, which never materialises them."""
         out = self.forward_hidden(input_ids, target_hidden_states, loss_mask, target_last_hidden_states,
-                                  position_ids, anchors, block_keep_mask, generator, num_anchors)
+                                  position_ids, anchors, block_keep_mask, generator, num_anchors,
+                                  attention_backend)
         teacher = self.lm_head(out.teacher_hidden).detach() if out.teacher_hidden is not None else None
         return DSparkForwardOutput(draft_logits=self.compute_logits(out.hidden, out.markov_features),
                                    target_ids=out.target_ids, eval_mask=out.eval_mask,

@@ -23,7 +23,7 @@ import torch
 from draftsmith.method import Proposal, TargetFeatures, TargetHeads, TargetRequest
 
 from .config import DRAFT_OPTIONS
-from .loss import LOSS_DEFAULTS
+from .loss import OBJECTIVE_DEFAULTS
 from .sampling import sample_token
 from .scheduling import apply_sts, static_threshold_length
 
@@ -81,7 +81,7 @@ class DSparkDrafter:
 
     def __init__(self, draft: Any, heads: TargetHeads | None = None, *, confidence_threshold: float | None = None,
                  confidence_temperatures: Sequence[float] | None = None, **options: Any) -> None:
-        unknown = sorted(set(options) - set(DRAFT_OPTIONS) - set(LOSS_DEFAULTS) - {"num_anchors"})
+        unknown = sorted(set(options) - set(DRAFT_OPTIONS) - set(OBJECTIVE_DEFAULTS))
         if unknown:
             raise ValueError(f"unknown DSpark drafting option(s) {unknown}; known: {list(DRAFTER_OPTIONS)}")
         cfg = draft.config

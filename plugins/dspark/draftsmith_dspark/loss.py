@@ -30,6 +30,8 @@ from .fused_logits import fused_slot_loss, slot_terms
 
 LOSS_DEFAULTS = {"loss_decay_gamma": 4.0, "ce_loss_alpha": 0.1, "l1_loss_alpha": 0.9,
                  "confidence_head_alpha": 1.0, "loss_chunk_size": 128}
+# The objective's options (= the method's default_options): loss weights, anchor seed, attention backend.
+OBJECTIVE_DEFAULTS = {**LOSS_DEFAULTS, "seed": 0, "attention_backend": "grouped"}
 
 
 @dataclasses.dataclass

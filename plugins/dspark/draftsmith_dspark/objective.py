@@ -8,40 +8,42 @@ teacher for slot k is the target's distribution at ``anchor + k``: ``heads.lm_he
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, Mapping
 
 import torch
 
 from draftsmith.errors import ConfigError
 from draftsmith.method import ObjectiveOutput, TargetFeatures, TargetHeads, TargetRequest
+from draftsmith.nn.block_attention import ATTENTION_BACKENDS
 
 from .config import DRAFT_OPTIONS
-from .loss import LOSS_DEFAULTS, fused_dspark_loss
+from .loss import OBJECTIVE_DEFAULTS, fused_dspark_loss
 
 
 class DSparkObjective:
-    """Options (defaults): ``loss_decay_gamma`` 4.0 (None = uniform), ``ce_loss_alpha`` 0.1,
-    ``l1_loss_alpha`` 0.9, ``confidence_head_alpha`` 1.0, ``loss_chunk_size`` 128 (slots per vocab chunk),
-    ``num_anchors`` (default: the draft config's). Draft-structure options (``block_size``, ``markov_rank``,
-    ...) are accepted because they arrive in the same dict, but the draft's config is authoritative (a
-    contradicting value is reported with a warning)."""
+    """Options (defaults, = the method's ``default_options``): ``loss_decay_gamma`` 4.0 (None = uniform),
+    ``ce_loss_alpha`` 0.1, ``l1_loss_alpha`` 0.9, ``confidence_head_alpha`` 1.0, ``loss_chunk_size`` 128 (slots
+    per vocab chunk), ``seed`` 0 (anchor draws), ``attention_backend`` "grouped" (see
+    ``draftsmith.nn.block_attention.BlockLayout.attention_mask``), and ``num_anchors`` (default: the draft
+    config's, 512). Draft options (``block_size``, ``markov_rank``, ...) belong to the draft; given here they
+    must agree with the draft's config.
+
+    Anchor draws come from a generator seeded by ``(seed, data-parallel rank, call count)``: different on
+    every rank, reproducible, and resumable (``state_dict`` holds the call count)."""
 
     def __init__(self, draft: Any, heads: TargetHeads, **options: Any) -> None:
-        unknown = sorted(set(options) - set(LOSS_DEFAULTS) - set(DRAFT_OPTIONS))
+        unknown = sorted(set(options) - set(OBJECTIVE_DEFAULTS) - set(DRAFT_OPTIONS))
         if unknown:
             raise ConfigError(f"unknown DSpark objective option(s) {unknown}; known: "
-                              f"{sorted(LOSS_DEFAULTS)} + num_anchors")
+                              f"{sorted(set(OBJECTIVE_DEFAULTS) | {'num_anchors'})}")
         cfg = draft.config
         for key in ("block_size", "markov_rank", "markov_head_type", "mask_token_id", "target_layer_ids"):
             if options.get(key) is not None and options[key] != getattr(cfg, key):
-                # method defaults arrive here too, so a mismatch may not be the user's doing: warn, don't fail
-                warnings.warn(f"DSpark objective option {key}={options[key]!r} differs from the draft's config "
-                              f"({getattr(cfg, key)!r}); the draft's value is used (set it as a draft option)",
-                              stacklevel=2)
+                raise ConfigError(f"DSpark objective option {key}={options[key]!r} contradicts the draft's config "
+                                  f"({getattr(cfg, key)!r}); set it as a draft option")
         if int(heads.vocab_size) != int(cfg.vocab_size):
             raise ConfigError(f"target vocab {heads.vocab_size} != draft vocab {cfg.vocab_size}")
-        opts = {k: options.get(k, v) for k, v in LOSS_DEFAULTS.items()}
+        opts = {k: options.get(k, v) for k, v in OBJECTIVE_DEFAULTS.items()}
         self.draft, self.heads = draft, heads
         self.loss_decay_gamma = opts["loss_decay_gamma"]
         self.ce_alpha = float(opts["ce_loss_alpha"])
@@ -49,14 +51,33 @@ class DSparkObjective:
         self.conf_alpha = float(opts["confidence_head_alpha"]) if draft.confidence_head is not None else 0.0
         self.chunk_size = int(opts["loss_chunk_size"])
         self.num_anchors = int(options.get("num_anchors") or cfg.num_anchors)
+        self.attention_backend = str(opts["attention_backend"])
+        self.seed, self.calls = int(opts["seed"]), 0
         if min(self.ce_alpha, self.l1_alpha, self.conf_alpha) < 0 or self.ce_alpha + self.l1_alpha == 0:
             raise ConfigError("loss weights must be >= 0 with ce_loss_alpha + l1_loss_alpha > 0")
         if self.num_anchors < 1 or self.chunk_size < 1:
             raise ConfigError("num_anchors and loss_chunk_size must be >= 1")
+        if self.attention_backend not in ATTENTION_BACKENDS:
+            raise ConfigError(f"attention_backend must be one of {list(ATTENTION_BACKENDS)}, "
+                              f"got {self.attention_backend!r}")
         # DSpark drafts own frozen copies of the target's embedding and head (saved with the draft)
         draft.copy_embeddings_from_target(heads.embed_tokens, heads.lm_head)
         if cfg.freeze_embeddings:
             draft.freeze_embeddings()
+
+    # -- resumable, rank-distinct anchor draws ----------------------------------------------------------------
+    def state_dict(self) -> dict[str, int]:
+        return {"calls": self.calls}
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        self.calls = int(state["calls"])
+
+    def _anchor_generator(self) -> torch.Generator:
+        dist = torch.distributed
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        mixed = (self.seed * 0x9E3779B97F4A7C15 + rank * 0xBF58476D1CE4E5B9 + self.calls) % (2 ** 63)
+        self.calls += 1
+        return torch.Generator().manual_seed(mixed)
 
     @property
     def needs_teacher(self) -> bool:
@@ -75,7 +96,8 @@ class DSparkObjective:
         draft = self.draft
         out = draft.forward_hidden(input_ids, features.stacked(draft.config.target_layer_ids), loss_mask,
                                    features.final_hidden if self.needs_teacher else None,
-                                   position_ids=batch.get("position_ids"), num_anchors=self.num_anchors)
+                                   position_ids=batch.get("position_ids"), num_anchors=self.num_anchors,
+                                   generator=self._anchor_generator(), attention_backend=self.attention_backend)
         markov = draft.markov_head
         res = fused_dspark_loss(
             out.hidden, out.target_ids, out.eval_mask, out.block_keep_mask, draft.lm_head.weight,

@@ -27,7 +27,7 @@ def _objective(tiny, tc, heads, **options):
     assert method.load_objective() is DSparkObjective
     kind = options.pop("markov_head_type", "vanilla")
     draft = tiny.make_draft(tc, markov_head_type=kind)
-    opts = {**method.default_options, "markov_rank": 16, "markov_head_type": kind, "num_anchors": 6, **options}
+    opts = {**method.default_options, "num_anchors": 6, **options}
     return draft, method.load_objective()(draft, heads, **opts)
 
 
@@ -57,15 +57,15 @@ def test_fused_objective_equals_reference_loss(tiny, setup, kind):
         draft.markov_head.markov_w2.weight.normal_(std=0.3)  # make the Markov bias matter
     batch = tiny.make_batch(batch=2, length=20, pad=4)
     feats = _features(target, obj, batch)
-    torch.manual_seed(5)
     out = obj(batch, feats)
     assert isinstance(out, ObjectiveOutput)
     out.loss.backward()
     fused_grads = {n: p.grad.clone() for n, p in draft.named_parameters() if p.grad is not None}
     draft.zero_grad()
-    torch.manual_seed(5)  # same anchors
+    obj.load_state_dict({"calls": 0})  # the generator of the first call: same anchors
     loss_mask = batch["loss_mask"].bool() & batch["attention_mask"].bool()
-    ref_out = draft(batch["input_ids"], feats.stacked([1, 3]), loss_mask, feats.final_hidden, num_anchors=6)
+    ref_out = draft(batch["input_ids"], feats.stacked([1, 3]), loss_mask, feats.final_hidden, num_anchors=6,
+                    generator=obj._anchor_generator())  # dense SDPA mask: also checks the grouped backend
     ref = compute_dspark_loss(ref_out)
     ref.loss.backward()
     torch.testing.assert_close(out.loss, ref.loss)
@@ -110,8 +110,11 @@ def test_options(tiny, setup):
     tc, target, heads = setup
     with pytest.raises(ConfigError, match="unknown DSpark objective option"):
         _objective(tiny, tc, heads, learning_rate=1e-3)
-    with pytest.warns(UserWarning, match="block_size"):
+    with pytest.raises(ConfigError, match="block_size"):
         _objective(tiny, tc, heads, block_size=4)
+    _objective(tiny, tc, heads, block_size=7, markov_rank=16)  # agreeing draft options are fine
+    with pytest.raises(ConfigError, match="attention_backend"):
+        _objective(tiny, tc, heads, attention_backend="xformers")
     with pytest.raises(ConfigError, match="loss weights"):
         _objective(tiny, tc, heads, ce_loss_alpha=0.0, l1_loss_alpha=0.0)
     draft = tiny.make_draft(tc)
@@ -123,6 +126,20 @@ def test_options(tiny, setup):
     no_final = TargetFeatures(hidden_states={i: torch.randn(1, 12, 64) for i in (1, 3)})
     with pytest.raises(ValueError, match="final_hidden"):
         obj(batch, no_final)
+
+
+def test_anchor_draws_are_seeded_resumable_and_change_per_call(tiny, setup):
+    tc, target, heads = setup
+    _, obj = _objective(tiny, tc, heads)
+    batch = tiny.make_batch(batch=1, length=24)
+    feats = _features(target, obj, batch)
+    first, second = obj(batch, feats), obj(batch, feats)
+    assert obj.state_dict() == {"calls": 2}
+    assert float(first.loss.detach()) != float(second.loss.detach())  # new anchors each call
+    obj.load_state_dict({"calls": 1})
+    torch.testing.assert_close(obj(batch, feats).loss, second.loss)  # resumed: the same draw
+    _, other = _objective(tiny, tc, heads, seed=1)
+    assert float(other(batch, feats).loss.detach()) != float(first.loss.detach())
 
 
 def test_short_training_run_learns(tiny, setup):
