@@ -63,18 +63,20 @@ def nemo_eager_loss(draft, lm_head, batch, aux, final_hidden, ttt_steps):
         target_probs = torch.softmax(logits_t[..., selected].float(), dim=-1)
     ids, target_probs, position_mask = _shift(ids), _shift(target_probs), _shift(position_mask)
     hidden = draft.project_hidden_states(aux)
-    mask = _additive_causal_mask(am, hidden.dtype)
     layer = draft.midlayer
     cache_k, cache_v = [], []
     loss, total = 0.0, sum(0.8 ** i for i in range(ttt_steps))
     positions = torch.arange(ids.shape[1])[None].expand_as(ids)
     for step in range(ttt_steps):
+        mask = _additive_causal_mask(am, hidden.dtype)  # NeMo's draft forward rebuilds it on every call
         embeds = draft.embed_tokens(ids)
         cos, sin = draft.rotary_emb(hidden, positions + step)
         residual = hidden
         fused = torch.cat([layer.input_layernorm(embeds), layer.hidden_norm(hidden)], dim=-1)
         hidden = residual + _eager_ttt_attention(layer.self_attn, fused, cos, sin, mask, cache_k, cache_v)
-        hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+        x = layer.post_attention_layernorm(hidden)
+        mlp = layer.mlp  # NeMo's MLP: separate gate / up / down projections
+        hidden = hidden + mlp.down_proj(mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x))
         logits = draft.compute_logits(hidden)
         ce = -(target_probs * torch.log_softmax(logits.float(), dim=-1)).sum(-1)
         m = position_mask.float()

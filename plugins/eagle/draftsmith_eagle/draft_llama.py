@@ -186,14 +186,18 @@ class LlamaEagle3DraftModel(EagleDraftModel):
 
     def forward(self, input_ids: torch.Tensor | None = None, projected_hidden_states: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
-                cache_hidden: TTTCache | KVCache | None = None, inputs_embeds: torch.Tensor | None = None
-                ) -> torch.Tensor:
+                cache_hidden: TTTCache | KVCache | None = None, inputs_embeds: torch.Tensor | None = None,
+                slots: torch.Tensor | None = None) -> torch.Tensor:
         """One draft step -> hidden ``(B, T, H)`` (post-norm when ``norm_output``; the next TTT step consumes it).
 
         ``cache_hidden``: a :class:`TTTCache` for the training unroll (step ``s`` shifts rotary positions by ``s``
         and attends step-0 keys causally plus its own diagonal), a :class:`KVCache` for incremental drafting
         (slots appended after the cached ones), or None (one plain causal step). ``attention_mask``: ``(B, T)``
         padding mask or a prebuilt ``(B|1, 1, T, Tk)`` boolean visibility.
+
+        ``slots`` (TTT steps after the first only): ``(B, L)`` distinct sequence positions, per row, of the chains
+        still worth computing; the others' outputs are returned as zeros (the objective drops chains with no
+        supervised prediction left — equal results, less work).
         """
         embeds = inputs_embeds if inputs_embeds is not None else self.embed_input_ids(input_ids)  # (B, T, H)
         hidden = projected_hidden_states.to(embeds.dtype)  # (B, T, H)
@@ -205,16 +209,41 @@ class LlamaEagle3DraftModel(EagleDraftModel):
         else:
             offset = cache_hidden.step if cache_hidden is not None else 0  # TTT: rotary shifted by the step
             if attention_mask is not None and attention_mask.dim() == 2:
-                attention_mask = causal_visibility(attention_mask, position_ids)
+                attention_mask = causal_visibility(attention_mask, position_ids, allow_none=slots is None)
         if position_ids is None:
             positions = positions_for(b, t, offset, None, embeds.device)
         else:
             positions = position_ids + (offset if not isinstance(cache_hidden, KVCache) else 0)
-        rotary = self.rotary_emb(hidden, positions)  # (cos, sin) each (B, T, D)
+        if slots is not None:
+            if not isinstance(cache_hidden, TTTCache) or cache_hidden.step == 0:
+                raise ValueError("slots select chains of a TTT unroll after its first step")
+            embeds, hidden, positions, attention_mask = _select_slots(slots, embeds, hidden, positions,
+                                                                      attention_mask)
+            cache_hidden.slots = slots
+        rotary = self.rotary_emb(hidden, positions)  # (cos, sin) each (B, L, D)
         layer0 = cache_hidden.layer(0) if cache_hidden is not None else None
-        hidden = self.midlayer(embeds, hidden, rotary, attention_mask, layer0)
+        hidden = self.midlayer(embeds, hidden, rotary, attention_mask, layer0)  # (B, L, H)
         for i, layer in enumerate(getattr(self, "additional_layers", ()), start=1):
             hidden = layer(hidden, rotary, attention_mask, cache_hidden.layer(i) if cache_hidden is not None else None)
         if isinstance(cache_hidden, TTTCache):
             cache_hidden.step += 1
+            cache_hidden.slots = None
+        if slots is not None:
+            hidden = hidden.new_zeros(b, t, hidden.shape[-1]).scatter(1, slots[..., None].expand_as(hidden), hidden)
         return self.norm(hidden) if self.config.norm_output else hidden
+
+
+def _select_slots(slots: torch.Tensor, embeds: torch.Tensor, hidden: torch.Tensor, positions: torch.Tensor,
+                  visibility: torch.Tensor | None):
+    """Rows ``slots (B, L)`` of the per-position inputs, and their ``(B, 1, L, T)`` visibility of step-0 keys."""
+    rows = slots[..., None]
+    length = embeds.shape[1]
+    embeds = embeds.gather(1, rows.expand(-1, -1, embeds.shape[-1]))  # (B, L, H)
+    hidden = hidden.gather(1, rows.expand(-1, -1, hidden.shape[-1]))  # (B, L, H)
+    positions = positions.gather(1, slots)  # (B, L)
+    if visibility is None:  # causal: the chain of slot t sees the step-0 keys 0..t
+        visibility = (torch.arange(length, device=slots.device) <= rows)[:, None]  # (B, 1, L, T)
+    else:
+        visibility = visibility.expand(slots.shape[0], -1, -1, -1).gather(
+            2, slots[:, None, :, None].expand(-1, visibility.shape[1], -1, length))  # (B, 1, L, T)
+    return embeds, hidden, positions, visibility

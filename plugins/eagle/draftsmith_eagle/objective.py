@@ -145,7 +145,8 @@ class Eagle3Objective(_EagleObjective):
 
     def __init__(self, draft: nn.Module, heads: TargetHeads, ttt_steps: int = 7, num_aux_layers: int | None = None,
                  draft_vocab_size: int | None = None, ttt_decay: float = 0.8, freeze_embeddings: bool = True,
-                 logits_chunk_size: int = 1024, num_draft_tokens: int | None = None, **unused: Any) -> None:
+                 logits_chunk_size: int = 1024, num_draft_tokens: int | None = None, skip_dead_chains: bool = True,
+                 **unused: Any) -> None:
         if unused:
             raise ConfigError(f"Eagle3Objective: unknown option(s) {sorted(unused)}")
         if isinstance(ttt_steps, bool) or not isinstance(ttt_steps, int) or ttt_steps < 1:
@@ -163,6 +164,7 @@ class Eagle3Objective(_EagleObjective):
         self.ttt_steps, self.weights = ttt_steps, step_weights(ttt_steps, float(ttt_decay))
         self.logits_chunk_size = int(logits_chunk_size)
         self.num_draft_tokens = int(num_draft_tokens or ttt_steps)  # chain length acceptance_lengths evaluates
+        self.skip_dead_chains = bool(skip_dead_chains)
 
     def target_request(self) -> TargetRequest:
         return TargetRequest(layer_ids=tuple(self.model.config.target_layer_ids), final_hidden=True)
@@ -199,6 +201,24 @@ class Eagle3Objective(_EagleObjective):
         rowmap[idx] = torch.arange(idx.numel(), device=flat.device)
         return rowmap, top, in_vocab, prob
 
+    def _live_chains(self, kept: list[torch.Tensor], b: int, t: int) -> list[torch.Tensor | None]:
+        """Per step ``k``: the ``(B, L)`` slots whose chain still has a supervised prediction at some step
+        ``>= k`` (their padding, when rows differ, are distinct dead slots), or None when every slot is live.
+        Steps after the first compute only these chains: the others' outputs feed nothing that is scored."""
+        scored = torch.zeros(len(kept), b * t, dtype=torch.bool, device=kept[0].device)
+        for k, flat in enumerate(kept):
+            scored[k, flat] = True
+        live = scored.flip(0).cumsum(0).flip(0).bool().view(len(kept), b, t)  # any scored step >= k
+        out: list[torch.Tensor | None] = []
+        for k in range(len(kept)):
+            width = int(live[k].sum(-1).max())
+            if width == t:
+                out.append(None)
+                continue
+            order = torch.sort((~live[k]).to(torch.uint8), dim=1, stable=True).indices  # live slots first
+            out.append(order[:, :width])
+        return out
+
     def forward(self, batch: Mapping[str, torch.Tensor], features: TargetFeatures) -> ObjectiveOutput:
         model, k_steps = self.model, self.ttt_steps
         ids, attn, loss_mask, pos = batch_tensors(batch)
@@ -212,14 +232,19 @@ class Eagle3Objective(_EagleObjective):
         rows = [rowmap[s + k + 1] for k, s in enumerate(slots)]
         keep = [in_vocab[r] for r in rows]
         counts = global_sum(torch.stack([kp.sum() for kp in keep]).float())  # (K,) global loss denominators
+        live = self._live_chains([s[kp] for s, kp in zip(slots, keep)], b, t) if self.skip_dead_chains else None
         vis = causal_visibility(attn, pos)
         hidden = model.project_hidden_states(aux)  # (B, T, H)
         cache = model.new_ttt_cache()
         loss = hidden.new_zeros((), dtype=torch.float32)
         correct = torch.zeros_like(valid)  # (K, B·T): greedy draft == target argmax, where supervised
         for k in range(k_steps):
+            chains = live[k] if live is not None and k > 0 else None
+            if chains is not None and chains.shape[1] == 0:
+                break  # no supervised prediction left on any chain
             hidden = self.draft(input_ids=shift_left(ids, k + 1), projected_hidden_states=hidden,
-                                attention_mask=vis, position_ids=pos, cache_hidden=cache)  # (B, T, H)
+                                attention_mask=vis, position_ids=pos, cache_hidden=cache,
+                                slots=chains)  # (B, T, H), zeros off the live chains
             sl, rw = slots[k][keep[k]], rows[k][keep[k]]
             logits = model.compute_logits(hidden.reshape(b * t, -1)[sl])  # (N_k, Vd)
             step_sum = soft_cross_entropy(logits, probs[rw]).sum()

@@ -153,7 +153,7 @@ class OracleDraft(nn.Module):
     def draft_to_target(self, ids): return ids
     def selected_token_ids(self): return torch.arange(self.config.vocab_size)
 
-    def forward(self, input_ids, projected_hidden_states, attention_mask, position_ids, cache_hidden):
+    def forward(self, input_ids, projected_hidden_states, attention_mask, position_ids, cache_hidden, slots=None):
         k = cache_hidden.step
         cache_hidden.step += 1
         return shift_left(self.logits, self.ahead(k))
@@ -233,3 +233,32 @@ def test_eagle1_objective_equals_reference(eagle):
     assert_close(noisy(batch, feats).loss, out.loss)
     noisy.train()
     assert not torch.allclose(noisy(batch, feats).loss, out.loss)
+
+
+def test_skipping_dead_chains_changes_nothing(eagle):
+    """Chains without a supervised prediction left are not computed after step 0: same loss, gradients, metrics."""
+    tc = eagle.target_config()
+    draft = eagle.make_eagle3(tc, draft_vocab_size=48, num_hidden_layers=2)
+    heads = _heads()
+    batch = eagle.make_batch(length=20, pad=5, prompt=4)
+    batch["loss_mask"][0, 12:15] = 0  # a gap in supervision
+    feats = _features(draft.config.target_layer_ids, t=20)
+    results = []
+    for skip in (True, False):
+        objective = Eagle3Objective(draft, heads, ttt_steps=5, skip_dead_chains=skip)
+        objective.prepare(torch.arange(128))
+        out = objective(batch, feats)
+        out.loss.backward()
+        grads = {n: p.grad.clone() for n, p in draft.named_parameters() if p.grad is not None}
+        draft.zero_grad()
+        results.append((out, grads))
+    (fast, g_fast), (dense, g_dense) = results
+    assert_close(fast.loss, dense.loss, rtol=1e-5, atol=1e-6)
+    assert fast.metrics == pytest.approx(dense.metrics)
+    assert g_fast.keys() == g_dense.keys()
+    for name in g_fast:
+        assert_close(g_fast[name], g_dense[name], rtol=1e-4, atol=1e-6)
+    live = objective._live_chains([torch.tensor([3, 5]), torch.tensor([5]), torch.tensor([], dtype=torch.long)],
+                                  1, 8)
+    assert live[0] is None or live[0].tolist() == [[3, 5]]
+    assert live[1].tolist() == [[5]] and live[2].shape == (1, 0)
