@@ -59,6 +59,11 @@ def config(root: Path, world: dict, name: str, batch_size: int, **extra) -> dict
         "train.eval_every": 2, **extra})
 
 
+@pytest.fixture
+def toy():
+    T.register_toy()
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A tiny target, data, and the single-process reference run (global batch 4)."""
@@ -89,13 +94,18 @@ def assert_same_run(run: Path, reference: Path) -> None:
                 assert r[key] == pytest.approx(ref[(r["step"], r["split"])][key], rel=1e-4), (r["step"], key)
 
 
-def test_ddp_two_processes_equal_one_process(tmp_path, world):
+def test_ddp_two_processes_equal_one_process(tmp_path, world, toy):
+    """Global batch 4 as 2 processes x 1 row x 2 accumulated micro-batches (gradient sync skipped on the first)
+    == 1 process x 2 rows x 2 micro-batches: rank r's k-th micro-batch is row 2k+r of the same permutation."""
+    from draftsmith.train.trainer import train
+
+    train(from_dict(config(tmp_path, world, "one", batch_size=2, **{"train.grad_accum": 2})))
     path = tmp_path / "ddp.yaml"
-    path.write_text(json.dumps(config(tmp_path, world, "ddp", batch_size=2)))
+    path.write_text(json.dumps(config(tmp_path, world, "ddp", batch_size=1, **{"train.grad_accum": 2})))
     res = torchrun(tmp_path, "train", str(path))
     assert "2 process(es)" in res.stderr
     assert res.stdout.count("trained 4 steps") == 1  # rank-0 output only
-    assert_same_run(tmp_path / "ddp", world["reference"])
+    assert_same_run(tmp_path / "ddp", tmp_path / "one")
 
 
 def test_fsdp_with_sharded_target_resumes_and_equals_one_process(tmp_path, world):

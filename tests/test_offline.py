@@ -136,8 +136,9 @@ def test_online_and_offline_training_agree(tmp_path, world, toy, method):
                                rtol=1e-4, atol=1e-5)
 
 
-def test_bf16_features_train_close_to_online(tmp_path, world, toy):
-    base = T.toy_config(tmp_path, world["target"], world["data"], **{"train.max_steps": 3})
+def test_bf16_features_and_packing_train_close_to_online(tmp_path, world, toy):
+    base = T.toy_config(tmp_path, world["target"], world["data"], **{"train.max_steps": 3, "data.packing": True,
+                                                                     "data.seq_len": 200})
     prepare(base, tmp_path / "feat", dtype="bfloat16")
     train({**base, "train": {**base["train"], "output_dir": str(tmp_path / "online")}})
     train({**base, "train": {**base["train"], "output_dir": str(tmp_path / "offline"),

@@ -199,10 +199,13 @@ class Trainer:
         self.pad_id = int(pad) if pad is not None else 0
 
     def _loader(self, dataset: Any, batches: list[list[int]]) -> DataLoader:
+        import functools
+
         from ..data.dataset import collate
 
+        # a partial, not a lambda: picklable for spawn/forkserver workers
         return DataLoader(dataset, batch_sampler=batches, num_workers=self.config.data.num_workers,
-                          collate_fn=lambda items: collate(items, self.pad_id))
+                          collate_fn=functools.partial(collate, pad_token_id=self.pad_id))
 
     def _micro_batches(self) -> Iterator[dict[str, Any]]:
         """Endless micro-batches from the current data position; keeps the position up to date."""
@@ -353,6 +356,8 @@ class Trainer:
                   f"params), layers {list(s.request.layer_ids)}{' + final' if s.request.final_hidden else ''} "
                   f"from {where}, {len(self.train_set)} rows, {self.batches_per_epoch} micro-batches/epoch, "
                   f"{self.info.world_size} process(es) on {self.device}")
+        if self.resume_from is None and self.config.train.resume:
+            self._log(f"no checkpoint in {self.output_dir} yet: starting a fresh run")
         if self.resume_from is not None:
             self._log(f"resumed from {self.resume_from} at step {self.step}")
             self.log.record({"event": "resume", "step": self.step, "checkpoint": str(self.resume_from)})
