@@ -372,7 +372,7 @@ class Trainer:
         while self.step < t.max_steps:
             step_start = time.perf_counter()
             target_before = self.features.seconds
-            bad: float | None = None
+            losses = []
             for micro in range(t.grad_accum):
                 raw = next(batches)
                 batch = move_batch(raw, self.device)
@@ -380,13 +380,11 @@ class Trainer:
                 with no_sync(self.model, micro == t.grad_accum - 1), self._autocast():
                     out = self.model(batch, feats)
                 loss = out.loss.float()
-                if not torch.isfinite(loss.detach()):
-                    bad = float(loss.detach())
                 (loss / t.grad_accum).backward()
+                losses.append(loss.detach())
                 window.add(out, batch)
-            self._stop_if_non_finite(bad, "loss")
             norm = self._clip()
-            self._stop_if_non_finite(None if math.isfinite(norm) else norm, "gradient norm")
+            self._stop_if_non_finite(torch.stack(losses), norm)  # one host sync per step
             lr = self.scheduler.get_last_lr()[0]  # the LR this step used
             self.optimizer.step()
             self.scheduler.step()
@@ -407,23 +405,30 @@ class Trainer:
         final = self._save_final()
         return TrainResult(self.output_dir, final, self.step, train_metrics, eval_metrics)
 
-    def _clip(self) -> float:
+    def _clip(self) -> torch.Tensor:
         params = [p for p in self.model.parameters() if p.requires_grad]
         max_norm = self.config.train.clip if self.config.train.clip > 0 else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
         if hasattr(norm, "full_tensor"):  # FSDP2 DTensor
             norm = norm.full_tensor()
-        return float(norm)
+        return norm.detach()
 
-    def _stop_if_non_finite(self, value: float | None, what: str) -> None:
-        flag = torch.tensor([0.0 if value is None else 1.0], device=self.device)
-        if not bool(all_reduce_sum(flag).item()):
+    def _stop_if_non_finite(self, losses: torch.Tensor, norm: torch.Tensor) -> None:
+        """Stop (on every rank) before the optimizer step if any rank saw a non-finite loss or gradient norm."""
+        flags = torch.stack([(~torch.isfinite(losses)).any(), ~torch.isfinite(norm)]).float()
+        flags = all_reduce_sum(_on_comm_device(flags.to(self.device)))
+        loss_bad, norm_bad = (bool(f) for f in flags.tolist())
+        if not (loss_bad or norm_bad):
             return
+        if loss_bad:
+            local = [v for v in losses.tolist() if not math.isfinite(v)]
+            what = f"loss is {local[0]}" if local else "loss is non-finite on another rank"
+        else:
+            what = f"gradient norm is {float(norm)}"
         good = ckpt.latest_checkpoint(self.output_dir) if self.info.is_main else None
         kept = f"the last good checkpoint is {good}" if good else "no checkpoint was written yet"
-        shown = value if value is not None else "non-finite on another rank"
-        raise TrainingError(f"{what} is {shown} at step {self.step + 1}; stopped before updating the weights "
-                            f"({kept}). Lower train.lr, check the data, or resume from the checkpoint.")
+        raise TrainingError(f"{what} at step {self.step + 1}; stopped before updating the weights ({kept}). "
+                            f"Lower train.lr, check the data, or resume from the checkpoint.")
 
     def evaluate(self) -> dict[str, Any]:
         eval_batches = _Batches(len(self.eval_set), self.config.train.batch_size, self.info, 0, shuffle=False,
@@ -466,40 +471,39 @@ class _CacheSamples:
 
 
 class _Window:
-    """Metric sums over the micro-batches since the last log line (all-reduced when read)."""
+    """Metric sums over the micro-batches since the last log line, kept on the device (no host sync per
+    micro-batch) and all-reduced when read."""
 
     def __init__(self) -> None:
-        self.sums: dict[str, float] = {}
-        self.loss_sum = self.micro = self.tokens = self.sup_tokens = 0.0
-        self.steps = 0
-        self.norm_sum = self.seconds = self.target_seconds = 0.0
+        self.sums: dict[str, torch.Tensor] = {}
+        self.totals: torch.Tensor | None = None  # loss sum, micro-batches, tokens, supervised tokens
+        self.norms: list[torch.Tensor] = []
+        self.seconds = self.target_seconds = 0.0
 
     def add(self, out: Any, batch: dict[str, Any]) -> None:
-        n = float(out.num_tokens)
-        self.loss_sum += float(out.loss.detach().float())
-        self.micro += 1
-        self.sup_tokens += n
-        self.tokens += float(batch["attention_mask"].sum())
+        loss = out.loss.detach().double()
+        n = torch.as_tensor(out.num_tokens, dtype=torch.float64, device=loss.device)
+        row = torch.stack([loss, torch.ones_like(loss), batch["attention_mask"].sum().double(), n])
+        self.totals = row if self.totals is None else self.totals + row
         for key, value in out.metrics.items():
-            self.sums[key] = self.sums.get(key, 0.0) + float(value) * n
+            v = torch.as_tensor(value.detach() if torch.is_tensor(value) else value, dtype=torch.float64,
+                                device=loss.device) * n
+            self.sums[key] = self.sums[key] + v if key in self.sums else v
 
-    def finish_step(self, norm: float, seconds: float, target_seconds: float) -> None:
-        self.steps += 1
-        self.norm_sum += norm
+    def finish_step(self, norm: torch.Tensor, seconds: float, target_seconds: float) -> None:
+        self.norms.append(norm.double())
         self.seconds += seconds
         self.target_seconds += target_seconds
 
     def reduce(self) -> dict[str, Any]:
         keys = sorted(self.sums)
-        vec = torch.tensor([self.sums[k] for k in keys] + [self.loss_sum, self.micro, self.tokens, self.sup_tokens],
-                           dtype=torch.float64)
-        vec = all_reduce_sum(_on_comm_device(vec))
-        vals = vec.tolist()
-        sup = vals[-1]
+        vec = torch.stack([self.sums[k] for k in keys] + list(self.totals.unbind()))
+        vals = all_reduce_sum(_on_comm_device(vec)).tolist()
+        loss_sum, micro, tokens, sup = vals[-4:]
         out = {k: v / sup if sup else float("nan") for k, v in zip(keys, vals[:-4])}
-        out["loss"] = vals[-4] / vals[-3] if vals[-3] else float("nan")
-        out["grad_norm"] = self.norm_sum / max(1, self.steps)
-        out["tokens_per_s"] = vals[-2] / self.seconds if self.seconds else float("nan")  # all ranks' tokens
+        out["loss"] = loss_sum / micro if micro else float("nan")
+        out["grad_norm"] = float(torch.stack(self.norms).mean())
+        out["tokens_per_s"] = tokens / self.seconds if self.seconds else float("nan")  # all ranks' tokens
         out["supervised_tokens"] = sup
         out["target_time_share"] = self.target_seconds / self.seconds if self.seconds else float("nan")
         return out
