@@ -193,3 +193,65 @@ def load_objective_tensors(module: torch.nn.Module, path: Path) -> None:
         from safetensors.torch import load_file
 
         module.load_state_dict(load_file(str(file)), strict=False)
+
+
+# -- what a checkpoint holds, gathered from (and restored into) a live, possibly sharded, run --------------------
+def full_draft_state(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+    """The full draft state dict under FSDP (a collective: call on every rank); None when the draft is whole."""
+    from .distributed import is_fsdp
+
+    if not is_fsdp(model):
+        return None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return {k[len("draft."):]: v for k, v in full.items() if k.startswith("draft.")}
+
+
+def optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The optimizer state (gathered in full under FSDP: a collective)."""
+    from .distributed import is_fsdp
+
+    if not is_fsdp(model):
+        return optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True,
+                                                                               cpu_offload=True))
+
+
+def load_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    from .distributed import is_fsdp
+
+    if not is_fsdp(model):
+        optimizer.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
+def save_draft(draft: torch.nn.Module, directory: Path, state: dict[str, torch.Tensor] | None = None) -> None:
+    """``save_pretrained`` (config.json + model.safetensors), from a gathered state dict when given."""
+    if state is None:
+        draft.save_pretrained(str(directory))
+    else:
+        draft.save_pretrained(str(directory), state_dict=state)
+
+
+def objective_tensors(objective: Any, draft: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+    """Tensors of an ``nn.Module`` objective that are not the draft's (saved beside the draft)."""
+    if not isinstance(objective, torch.nn.Module):
+        return None
+    draft_ids = {id(t) for t in draft.state_dict(keep_vars=True).values()}
+    return {k: v for k, v in objective.state_dict(keep_vars=True).items() if id(v) not in draft_ids} or None
+
+
+def check_compatible(path: Path, meta: dict[str, Any], method: str, global_batch: int) -> None:
+    if meta.get("method") != method:
+        raise TrainingError(f"checkpoint {path} was trained with method {meta.get('method')!r}, this run uses "
+                            f"{method!r}")
+    if meta["global_batch"] != global_batch:
+        raise TrainingError(f"checkpoint {path} used a global batch of {meta['global_batch']} rows per optimizer "
+                            f"step, this run {global_batch} (train.batch_size × processes × train.grad_accum); "
+                            f"resuming would change the data order")

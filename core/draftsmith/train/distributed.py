@@ -71,6 +71,13 @@ def barrier() -> None:
         dist.barrier()
 
 
+def on_comm_device(t: torch.Tensor) -> torch.Tensor:
+    """``t`` where the process group can reduce it (NCCL reduces CUDA tensors only)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl":
+        return t.cuda()
+    return t
+
+
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(values)

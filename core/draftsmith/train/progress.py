@@ -61,3 +61,49 @@ class RunLog:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
+
+
+class MetricWindow:
+    """Metric sums over the micro-batches since the last log line, kept on the device (no host sync per
+    micro-batch) and all-reduced over ranks when read. The loss is the mean micro-batch loss (what
+    data-parallel training optimises); the objective's metrics are weighted by ``num_tokens``."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, Any] = {}
+        self.totals: Any = None  # loss sum, micro-batches, tokens, supervised tokens
+        self.norms: list[Any] = []
+        self.seconds = self.target_seconds = 0.0
+
+    def add(self, out: Any, batch: dict[str, Any]) -> None:
+        import torch
+
+        loss = out.loss.detach().double()
+        n = torch.as_tensor(out.num_tokens, dtype=torch.float64, device=loss.device)
+        row = torch.stack([loss, torch.ones_like(loss), batch["attention_mask"].sum().double(), n])
+        self.totals = row if self.totals is None else self.totals + row
+        for key, value in out.metrics.items():
+            v = torch.as_tensor(value.detach() if torch.is_tensor(value) else value, dtype=torch.float64,
+                                device=loss.device) * n
+            self.sums[key] = self.sums[key] + v if key in self.sums else v
+
+    def finish_step(self, norm: Any, seconds: float, target_seconds: float) -> None:
+        self.norms.append(norm.double())
+        self.seconds += seconds
+        self.target_seconds += target_seconds
+
+    def reduce(self) -> dict[str, Any]:
+        import torch
+
+        from .distributed import all_reduce_sum, on_comm_device
+
+        keys = sorted(self.sums)
+        vec = torch.stack([self.sums[k] for k in keys] + list(self.totals.unbind()))
+        vals = all_reduce_sum(on_comm_device(vec)).tolist()
+        loss_sum, micro, tokens, sup = vals[-4:]
+        out = {k: v / sup if sup else float("nan") for k, v in zip(keys, vals[:-4])}
+        out["loss"] = loss_sum / micro if micro else float("nan")
+        out["grad_norm"] = float(torch.stack(self.norms).mean())
+        out["tokens_per_s"] = tokens / self.seconds if self.seconds else float("nan")  # all ranks' tokens
+        out["supervised_tokens"] = sup
+        out["target_time_share"] = self.target_seconds / self.seconds if self.seconds else float("nan")
+        return out

@@ -24,16 +24,16 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
 
 from ..errors import ConfigError, TrainingError
 from . import checkpointing as ckpt
 from .config import RunConfig, dump_yaml, to_dict
+from .batching import EpochBatches, make_loader, row_datasets
 from .distributed import (DistInfo, ObjectiveModule, all_gather_objects, all_reduce_sum, barrier, broadcast_object,
-                          init_distributed, is_fsdp, no_sync, resolve_device, shutdown, wrap_model)
+                          init_distributed, no_sync, on_comm_device, resolve_device, shutdown, wrap_model)
 from .evaluation import evaluate
 from .features import OfflineFeatures, OnlineFeatures, move_batch
-from .progress import RunLog
+from .progress import MetricWindow, RunLog
 from .schedule import make_scheduler
 from .setup import Setup, build_setup
 
@@ -67,31 +67,6 @@ def _check(config: RunConfig) -> None:
         raise ConfigError(f"train.lr must be > 0, got {t.lr}")
     if len(t.betas) != 2:
         raise ConfigError(f"train.betas must be two numbers, got {t.betas}")
-
-
-class _Batches:
-    """This rank's micro-batches of row indices, epoch by epoch, resumable at any global row position.
-
-    Uses ``DistributedSampler`` (seeded per epoch): rank r's k-th micro-batch holds global positions
-    ``k·B·W + r + j·W``, so the union over ranks of the k-th micro-batches is the same block of the epoch's
-    permutation as a single process with batch ``B·W`` would take — runs with different world sizes and the
-    same global batch see identical data.
-    """
-
-    def __init__(self, num_rows: int, batch_size: int, info: DistInfo, seed: int, *, shuffle: bool,
-                 drop_last: bool) -> None:
-        self.batch_size, self.info, self.drop_last = batch_size, info, drop_last
-        self.sampler = DistributedSampler(range(num_rows), num_replicas=info.world_size, rank=info.rank,
-                                          shuffle=shuffle, seed=seed, drop_last=drop_last and info.enabled)
-
-    def epoch(self, epoch: int, start: int = 0) -> list[list[int]]:
-        self.sampler.set_epoch(epoch)
-        idx = list(self.sampler)
-        n = len(idx) // self.batch_size if self.drop_last else math.ceil(len(idx) / self.batch_size)
-        return [idx[i * self.batch_size:(i + 1) * self.batch_size] for i in range(start, n)]
-
-    def __len__(self) -> int:
-        return len(self.epoch(0))
 
 
 class Trainer:
@@ -170,27 +145,10 @@ class Trainer:
         torch.manual_seed(seed)
 
     def _loaders(self, setup: Setup) -> None:
-        from ..data.dataset import RowDataset
-        from ..data.packing import pack_rows, single_rows
-
-        cfg, data = self.config, setup.data
-        keys = []
-        if setup.cache is not None:
-            keys = list(setup.request.layer_ids) + (["final"] if setup.request.final_hidden else [])
-
-        def dataset(samples: list[Any], cache: Any, index: list[int] | None) -> RowDataset:
-            ids = list(range(len(samples)))
-            rows = (pack_rows(ids, [len(s) for s in samples], cfg.data.seq_len, cfg.train.seed)
-                    if cfg.data.packing else single_rows(ids))
-            if cache is not None and index is not None:  # rows name positions in the split: map to cache ids
-                rows = [[index[i] for i in r] for r in rows]
-                return RowDataset(_CacheSamples(cache), rows, packed=cfg.data.packing, cache=cache, feature_keys=keys)
-            return RowDataset(samples, rows, packed=cfg.data.packing)
-
-        self.train_set = dataset(data.train, data.cache_train, data.train_index)
-        self.eval_set = dataset(data.eval, data.cache_eval, data.eval_index) if data.eval else None
-        self.train_batches = _Batches(len(self.train_set), cfg.train.batch_size, self.info, cfg.train.seed,
-                                      shuffle=True, drop_last=True)
+        cfg = self.config
+        self.train_set, self.eval_set = row_datasets(setup)
+        self.train_batches = EpochBatches(len(self.train_set), cfg.train.batch_size, self.info, cfg.train.seed,
+                                          shuffle=True, drop_last=True)
         self.batches_per_epoch = len(self.train_batches)
         if self.batches_per_epoch == 0:
             raise ConfigError(f"the train split has {len(self.train_set)} rows, fewer than one global batch "
@@ -198,14 +156,8 @@ class Trainer:
         pad = setup.heads.pad_token_id
         self.pad_id = int(pad) if pad is not None else 0
 
-    def _loader(self, dataset: Any, batches: list[list[int]]) -> DataLoader:
-        import functools
-
-        from ..data.dataset import collate
-
-        # a partial, not a lambda: picklable for spawn/forkserver workers
-        return DataLoader(dataset, batch_sampler=batches, num_workers=self.config.data.num_workers,
-                          collate_fn=functools.partial(collate, pad_token_id=self.pad_id))
+    def _loader(self, dataset: Any, batches: list[list[int]]) -> Any:
+        return make_loader(dataset, batches, self.pad_id, self.config.data.num_workers)
 
     def _micro_batches(self) -> Iterator[dict[str, Any]]:
         """Endless micro-batches from the current data position; keeps the position up to date."""
@@ -219,34 +171,10 @@ class Trainer:
             self.rows_in_epoch = 0
 
     # -- checkpoints ----------------------------------------------------------------------------------------
-    def _draft_state(self) -> dict[str, torch.Tensor] | None:
-        """Full draft state dict on the main rank (a collective under FSDP)."""
-        if is_fsdp(self.model):
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-            full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True,
-                                                                              cpu_offload=True))
-            return {k[len("draft."):]: v for k, v in full.items() if k.startswith("draft.")}
-        return None
-
-    def _optim_state(self) -> dict[str, Any]:
-        if is_fsdp(self.model):
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
-            return get_optimizer_state_dict(self.model, self.optimizer,
-                                            options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        return self.optimizer.state_dict()
-
-    def _save_draft(self, directory: Path, state: dict[str, torch.Tensor] | None) -> None:
-        draft = self.setup.draft
-        if state is None:
-            draft.save_pretrained(str(directory))
-        else:
-            draft.save_pretrained(str(directory), state_dict=state)
-
     def save(self) -> None:
-        state = self._draft_state()
-        optim = self._optim_state()
+        """A checkpoint of the current step (collectives on every rank; the main rank writes)."""
+        state = ckpt.full_draft_state(self.model)
+        optim = ckpt.optimizer_state(self.model, self.optimizer)
         rngs = all_gather_objects(ckpt.rng_state())
         if self.info.is_main:
             obj = self.setup.objective
@@ -257,45 +185,25 @@ class Trainer:
             meta = {"epoch": self.epoch, "rows_in_epoch": self.rows_in_epoch, "world_size": self.info.world_size,
                     "global_batch": self.global_batch, "method": self.config.method,
                     "target": self.config.target.path, "config": to_dict(self.config)}
-            extra = self._objective_tensors()
             path = ckpt.save_checkpoint(self.output_dir, self.step, trainer_state=trainer_state, meta=meta,
-                                        draft_writer=lambda d: self._save_draft(d, state),
-                                        objective_tensors=extra, keep=self.config.train.keep_checkpoints)
+                                        draft_writer=lambda d: ckpt.save_draft(self.setup.draft, d, state),
+                                        objective_tensors=ckpt.objective_tensors(obj, self.setup.draft),
+                                        keep=self.config.train.keep_checkpoints)
             self._log(f"checkpoint: {path}")
         barrier()
-        self.last_saved = self.step
 
-    def _objective_tensors(self) -> dict[str, torch.Tensor] | None:
-        obj = self.setup.objective
-        if not isinstance(obj, torch.nn.Module):
-            return None
-        draft_ids = {id(t) for t in self.setup.draft.state_dict(keep_vars=True).values()}
-        return {k: v for k, v in obj.state_dict(keep_vars=True).items() if id(v) not in draft_ids} or None
-
-    def _restore(self, path: Path) -> None:
-        """Weights before wrapping; optimizer/scheduler/RNG/data after (see run())."""
-        meta = ckpt.read_meta(path)
-        if meta.get("method") != self.config.method:
-            raise TrainingError(f"checkpoint {path} was trained with method {meta.get('method')!r}, "
-                                f"this run uses {self.config.method!r}")
-        if meta["global_batch"] != self.global_batch:
-            raise TrainingError(f"checkpoint {path} used a global batch of {meta['global_batch']} rows per "
-                                f"optimizer step, this run {self.global_batch} (train.batch_size × processes × "
-                                f"train.grad_accum); resuming would change the data order")
+    def _restore_weights(self, path: Path) -> None:
+        """Draft (and objective) tensors, before the model is wrapped."""
+        self._resume_meta = ckpt.read_meta(path)
+        ckpt.check_compatible(path, self._resume_meta, self.config.method, self.global_batch)
         ckpt.load_draft_weights(self.setup.draft, path)
         if isinstance(self.setup.objective, torch.nn.Module):
             ckpt.load_objective_tensors(self.setup.objective, path)
-        self._resume_meta = meta
 
     def _restore_state(self, path: Path) -> None:
+        """Optimizer, scheduler, RNG, objective state and data position, after the model is wrapped."""
         state = ckpt.load_trainer_state(path)
-        if is_fsdp(self.model):
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
-            set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"],
-                                     options=StateDictOptions(full_state_dict=True))
-        else:
-            self.optimizer.load_state_dict(state["optimizer"])
+        ckpt.load_optimizer_state(self.model, self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         rngs = state["rng"]
         ckpt.set_rng_state(rngs[self.info.rank] if self.info.rank < len(rngs) else rngs[0])
@@ -303,7 +211,6 @@ class Trainer:
             self.setup.objective.load_state_dict(state["objective"])
         self.step = int(state["step"])
         self.epoch, self.rows_in_epoch = int(self._resume_meta["epoch"]), int(self._resume_meta["rows_in_epoch"])
-        self.last_saved = self.step
 
     # -- the loop -------------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
@@ -321,7 +228,7 @@ class Trainer:
         if hasattr(setup.objective, "prepare"):
             setup.objective.prepare(counts.to(self.device))
         if self.resume_from is not None:
-            self._restore(self.resume_from)
+            self._restore_weights(self.resume_from)
 
         module = ObjectiveModule(setup.draft, setup.objective)
         self.model = wrap_model(module, self.info, cfg.distributed.strategy, self.device,
@@ -334,7 +241,6 @@ class Trainer:
                                            weight_decay=t.weight_decay)
         self.scheduler = make_scheduler(self.optimizer, t.max_steps, t.warmup_ratio, t.min_lr_ratio)
         self._seed()
-        self.last_saved = -1
         if self.resume_from is not None:
             self._restore_state(self.resume_from)
         self.features = (OfflineFeatures(setup.request, self.device, setup.target_dtype) if setup.cache is not None
@@ -363,10 +269,10 @@ class Trainer:
             self.log.record({"event": "resume", "step": self.step, "checkpoint": str(self.resume_from)})
 
     def _loop(self) -> TrainResult:
-        cfg, t = self.config, self.config.train
+        t = self.config.train
         self._describe_start()
         batches = self._micro_batches()
-        window = _Window()
+        window = MetricWindow()
         train_metrics: dict[str, Any] = {}
         eval_metrics: dict[str, Any] | None = None
         while self.step < t.max_steps:
@@ -395,7 +301,7 @@ class Trainer:
                 train_metrics = window.reduce()
                 self.log.record({"step": self.step, "split": "train", "lr": lr,
                                  "epoch": self.epoch, **train_metrics})
-                window = _Window()
+                window = MetricWindow()
             self.log.advance(1, {"loss": train_metrics.get("loss", float("nan"))})
             last = self.step == t.max_steps
             if self.eval_set is not None and ((t.eval_every and self.step % t.eval_every == 0) or last):
@@ -416,7 +322,7 @@ class Trainer:
     def _stop_if_non_finite(self, losses: torch.Tensor, norm: torch.Tensor) -> None:
         """Stop (on every rank) before the optimizer step if any rank saw a non-finite loss or gradient norm."""
         flags = torch.stack([(~torch.isfinite(losses)).any(), ~torch.isfinite(norm)]).float()
-        flags = all_reduce_sum(_on_comm_device(flags.to(self.device)))
+        flags = all_reduce_sum(on_comm_device(flags.to(self.device)))
         loss_bad, norm_bad = (bool(f) for f in flags.tolist())
         if not (loss_bad or norm_bad):
             return
@@ -431,7 +337,7 @@ class Trainer:
                             f"Lower train.lr, check the data, or resume from the checkpoint.")
 
     def evaluate(self) -> dict[str, Any]:
-        eval_batches = _Batches(len(self.eval_set), self.config.train.batch_size, self.info, 0, shuffle=False,
+        eval_batches = EpochBatches(len(self.eval_set), self.config.train.batch_size, self.info, 0, shuffle=False,
                                 drop_last=False)
         loader = self._loader(self.eval_set, eval_batches.epoch(0))
         source = self.features
@@ -445,73 +351,16 @@ class Trainer:
         self._log(f"eval @ step {self.step}: {shown}")
         return metrics
 
-    def _save_final(self) -> Path | None:
-        state = self._draft_state()
+    def _save_final(self) -> Path:
+        state = ckpt.full_draft_state(self.model)
         final = self.output_dir / "final"
         if self.info.is_main:
             tmp = self.output_dir / f".tmp-final-{os.getpid()}"
             shutil.rmtree(tmp, ignore_errors=True)
-            self._save_draft(tmp, state)
+            ckpt.save_draft(self.setup.draft, tmp, state)
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
             self._log(f"final draft: {final} (load with draftsmith.load_draft)")
         barrier()
         return final
-
-
-class _CacheSamples:
-    """Sample lookup by cache id for :class:`RowDataset` when rows hold cache ids."""
-
-    def __init__(self, split: Any) -> None:
-        self._samples = split.samples()
-
-    def __getitem__(self, i: int) -> Any:
-        return self._samples[i]
-
-
-class _Window:
-    """Metric sums over the micro-batches since the last log line, kept on the device (no host sync per
-    micro-batch) and all-reduced when read."""
-
-    def __init__(self) -> None:
-        self.sums: dict[str, torch.Tensor] = {}
-        self.totals: torch.Tensor | None = None  # loss sum, micro-batches, tokens, supervised tokens
-        self.norms: list[torch.Tensor] = []
-        self.seconds = self.target_seconds = 0.0
-
-    def add(self, out: Any, batch: dict[str, Any]) -> None:
-        loss = out.loss.detach().double()
-        n = torch.as_tensor(out.num_tokens, dtype=torch.float64, device=loss.device)
-        row = torch.stack([loss, torch.ones_like(loss), batch["attention_mask"].sum().double(), n])
-        self.totals = row if self.totals is None else self.totals + row
-        for key, value in out.metrics.items():
-            v = torch.as_tensor(value.detach() if torch.is_tensor(value) else value, dtype=torch.float64,
-                                device=loss.device) * n
-            self.sums[key] = self.sums[key] + v if key in self.sums else v
-
-    def finish_step(self, norm: torch.Tensor, seconds: float, target_seconds: float) -> None:
-        self.norms.append(norm.double())
-        self.seconds += seconds
-        self.target_seconds += target_seconds
-
-    def reduce(self) -> dict[str, Any]:
-        keys = sorted(self.sums)
-        vec = torch.stack([self.sums[k] for k in keys] + list(self.totals.unbind()))
-        vals = all_reduce_sum(_on_comm_device(vec)).tolist()
-        loss_sum, micro, tokens, sup = vals[-4:]
-        out = {k: v / sup if sup else float("nan") for k, v in zip(keys, vals[:-4])}
-        out["loss"] = loss_sum / micro if micro else float("nan")
-        out["grad_norm"] = float(torch.stack(self.norms).mean())
-        out["tokens_per_s"] = tokens / self.seconds if self.seconds else float("nan")  # all ranks' tokens
-        out["supervised_tokens"] = sup
-        out["target_time_share"] = self.target_seconds / self.seconds if self.seconds else float("nan")
-        return out
-
-
-def _on_comm_device(t: torch.Tensor) -> torch.Tensor:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl":
-        return t.cuda()
-    return t
