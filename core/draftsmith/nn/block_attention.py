@@ -170,6 +170,19 @@ class BlockLayout:
         return torch.cat([ctx, own], dim=-1).unsqueeze(1)
 
 
+def masked_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                scale: float) -> torch.Tensor:
+    """SDPA with GQA. On CUDA a mask plus ``enable_gqa`` falls back to the slow math kernel, so KV heads are
+    repeated there instead; elsewhere SDPA's own GQA avoids the copy."""
+    if q.shape[1] == k.shape[1]:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    if mask is not None and q.device.type == "cuda":
+        rep = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
+
+
 @dataclasses.dataclass
 class GroupedBlockMask:
     """The block mask cut into query groups (training only: keys are ``[context | all blocks]``).
@@ -185,15 +198,13 @@ class GroupedBlockMask:
 def grouped_attention(q: torch.Tensor, k_ctx: torch.Tensor | None, v_ctx: torch.Tensor | None,
                       k_blk: torch.Tensor, v_blk: torch.Tensor, mask: GroupedBlockMask, scale: float) -> torch.Tensor:
     """One SDPA call per group of blocks over ``[context[:ctx_len] | the group's blocks]``; (Bt, Hq, N·B, D)."""
-    gqa = q.shape[1] != k_blk.shape[1]
     outs = []
     for q_start, q_end, ctx_len, group_mask in mask.groups:
         k, v = k_blk[:, :, q_start:q_end], v_blk[:, :, q_start:q_end]
         if ctx_len and k_ctx is not None:
             k = torch.cat([k_ctx[:, :, :ctx_len], k], dim=2)
             v = torch.cat([v_ctx[:, :, :ctx_len], v], dim=2)
-        outs.append(F.scaled_dot_product_attention(q[:, :, q_start:q_end], k, v, attn_mask=group_mask, scale=scale,
-                                                   enable_gqa=gqa))
+        outs.append(masked_sdpa(q[:, :, q_start:q_end], k, v, group_mask, scale))
     return torch.cat(outs, dim=2)
 
 
@@ -341,8 +352,7 @@ class KVInjectionAttention(nn.Module):
             structured = blockwise_attention if isinstance(attention_mask, BlockwiseMask) else grouped_attention
             out = structured(q, k_ctx, v_ctx, k_blk, v_blk, attention_mask, self.scaling)
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, scale=self.scaling,
-                                                 enable_gqa=self.num_kv_heads != self.num_heads)  # (B, Hq, Q, D)
+            out = masked_sdpa(q, k, v, attention_mask, self.scaling)  # (B, Hq, Q, D)
         out = out.transpose(1, 2).reshape(b, q_len, self.num_heads * self.head_dim)
         return self.o_proj(out)
 
@@ -465,6 +475,6 @@ class BlockDraftBackbone(BlockBackboneMixin, nn.Module):
 
 
 __all__ = [
-    "BlockLayout", "GroupedBlockMask", "grouped_attention", "BlockwiseMask", "blockwise_attention", "build_block_mask", "additive_mask", "block_position_ids", "KVInjectionAttention", "SwiGLUMLP",
+    "BlockLayout", "masked_sdpa", "GroupedBlockMask", "grouped_attention", "BlockwiseMask", "blockwise_attention", "build_block_mask", "additive_mask", "block_position_ids", "KVInjectionAttention", "SwiGLUMLP",
     "BlockDecoderLayer", "BlockBackboneMixin", "BlockDraftBackbone", "DraftKVCache", "PositionEmbeddings",
 ]

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from draftsmith.errors import ConfigError
 from draftsmith.method import ObjectiveOutput, TargetFeatures, TargetHeads, TargetRequest
-from draftsmith.nn.block_attention import block_position_ids
+from draftsmith.nn.block_attention import ATTENTION_BACKENDS, block_position_ids
 
 from .anchors import (accept_lengths, anchor_candidates, block_input_ids, block_labels, decay_weights,
                       document_ids_from_positions, sample_anchors)
@@ -45,15 +45,22 @@ def bind_heads(draft: Any, heads: TargetHeads) -> None:
 
 class DFlashObjective:
     """``DFlashObjective(draft, heads, num_anchors=512, loss_decay_gamma=7.0, kd_weight=0.0, kd_temperature=1.0,
-    seed=0, attention_backend="sdpa")``; see the module docstring."""
+    seed=0, attention_backend="grouped")``; see the module docstring.
+
+    ``attention_backend``: ``"sdpa"`` (one dense block mask — the reference), ``"grouped"`` (default: the same
+    dense masks cut per group of blocks to the context they can see, one SDPA call each; equal results, ~2× faster
+    steps at the reference shape) or ``"blockwise"``; see :mod:`draftsmith.nn.block_attention`."""
 
     def __init__(self, draft: Any, heads: TargetHeads, *, num_anchors: int = 512,
                  loss_decay_gamma: float | None = 7.0, kd_weight: float = 0.0, kd_temperature: float = 1.0,
-                 seed: int = 0, attention_backend: str = "sdpa", **options: Any) -> None:
+                 seed: int = 0, attention_backend: str = "grouped", **options: Any) -> None:
         check_options("DFlashObjective", options)
         check_matches_draft("DFlashObjective", options, draft.config)
         if isinstance(num_anchors, bool) or not isinstance(num_anchors, int) or num_anchors < 1:
             raise ConfigError(f"num_anchors must be a positive int, got {num_anchors!r}")
+        if attention_backend not in ATTENTION_BACKENDS:
+            raise ConfigError(f"unknown block attention backend {attention_backend!r}; choose from "
+                              f"{list(ATTENTION_BACKENDS)}")
         if kd_weight < 0 or kd_temperature <= 0:
             raise ConfigError(f"kd_weight must be >= 0 and kd_temperature > 0, got {kd_weight}, {kd_temperature}")
         self.draft, self.heads = draft, heads

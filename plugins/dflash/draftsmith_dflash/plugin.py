@@ -29,5 +29,5 @@ def draftsmith_register_methods(registry):
         # num_draft_layers=5, target_layer_ids, causal, sliding_window) are draft options: see
         # Qwen3DFlashDraftModel.build_draft_config and docs/methods/dflash.md.
         default_options={"num_anchors": 512, "loss_decay_gamma": 7.0, "kd_weight": 0.0, "kd_temperature": 1.0,
-                         "seed": 0, "attention_backend": "sdpa"},
+                         "seed": 0, "attention_backend": "grouped"},
     ))

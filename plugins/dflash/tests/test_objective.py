@@ -80,6 +80,23 @@ def test_loss_equals_explicit_per_block_reference(dflash):
     assert math.isclose(float(out.metrics["accept_len"]), sum(accept) / len(accept), rel_tol=1e-6)
 
 
+def test_attention_backends_give_the_same_loss_and_gradients(dflash):
+    s = dflash.make_setup(block_size=4)
+    batch = dflash.make_batch(batch=2, length=24, pad=3)
+    results = {}
+    for backend in ("sdpa", "grouped", "blockwise"):
+        s.draft.zero_grad()
+        _, _, out = _run(s, batch, num_anchors=10, attention_backend=backend)
+        out.loss.backward()
+        results[backend] = (out.loss.detach(), {n: p.grad.clone() for n, p in s.draft.named_parameters()})
+    ref_loss, ref_grads = results["sdpa"]
+    for backend in ("grouped", "blockwise"):
+        loss, grads = results[backend]
+        torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
+        for name, g in grads.items():
+            torch.testing.assert_close(g, ref_grads[name], rtol=1e-4, atol=1e-5)
+
+
 def test_uniform_ce_gives_weighted_mean_equal_to_it(dflash):
     s = dflash.make_setup()
     with torch.no_grad():
@@ -183,3 +200,4 @@ def test_method_default_options_build_the_objective(dflash):
     method = draftsmith.get_registry().get_method("dflash")
     objective = method.load_objective()(s.draft, s.heads, **method.default_options)
     assert objective.num_anchors == 512 and objective.target_request().layer_ids == (1, 2)
+    assert objective.attention_backend == "grouped"
