@@ -25,6 +25,33 @@ def _logits(x: torch.Tensor, weight: torch.Tensor, phi: torch.Tensor | None, w2:
     return z.float()
 
 
+def _softmax_(x: torch.Tensor) -> torch.Tensor:
+    """Row softmax in place (no second vocab-sized buffer)."""
+    x.sub_(x.amax(-1, keepdim=True)).exp_()
+    return x.div_(x.sum(-1, keepdim=True))
+
+
+def _chunk_terms(h, phi, teacher_h, ids, lm_weight, w2, teacher_weight, ce_coef, l1_coef):
+    """CE, argmax, ∂loss/∂logits and L1 for one chunk of n slots, with at most three (n, V) fp32 buffers live
+    (probabilities, gradient, teacher/sign) — the chunk's peak memory."""
+    z = _logits(h, lm_weight, phi, w2)  # (n, V) fp32
+    pred = z.argmax(-1)
+    z_y = z.gather(1, ids[:, None]).squeeze(1)
+    lse = torch.logsumexp(z, dim=-1)
+    ce = lse - z_y  # −log p(y)
+    p = _softmax_(z)  # z's buffer now holds p
+    grad = p * ce_coef[:, None]  # c_ce·(p − onehot(y)) ...
+    grad.scatter_add_(1, ids[:, None], -ce_coef[:, None])
+    l1 = None
+    if teacher_h is not None:
+        diff = _softmax_((teacher_h @ teacher_weight.t()).float()).sub_(p).neg_()  # p − t
+        l1 = torch.linalg.vector_norm(diff, ord=1, dim=-1)
+        sign = diff.sign_()
+        dot = torch.bmm(p[:, None, :], sign[:, :, None]).squeeze(-1)  # ⟨p, s⟩ (n, 1), no temporary
+        grad.add_(sign.sub_(dot).mul_(p).mul_(l1_coef[:, None]))  # ... + c_l1·p⊙(s − ⟨p, s⟩)
+    return ce, pred, grad, l1
+
+
 class _FusedSlotLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, phi, teacher_hidden, target_ids, lm_weight, w2, teacher_weight, ce_coef, l1_coef,
@@ -44,20 +71,13 @@ class _FusedSlotLoss(torch.autograd.Function):
             e = min(s + chunk_size, rows)
             h, ids = hidden[s:e], target_ids[s:e]
             p_phi = phi[s:e] if phi is not None else None
-            logp = torch.log_softmax(_logits(h, lm_weight, p_phi, w2), dim=-1)  # (n, V) fp32
-            p = logp.exp()
-            ce[s:e] = -logp.gather(1, ids[:, None]).squeeze(1)
-            pred[s:e] = logp.argmax(-1)
-            grad_z = p * ce_coef[s:e, None]  # (n, V): c_ce·(p − onehot) ...
-            grad_z.scatter_add_(1, ids[:, None], -ce_coef[s:e, None])
+            teacher = teacher_hidden[s:e] if l1 is not None else None
+            ce[s:e], pred[s:e], grad_z, l1_chunk = _chunk_terms(h, p_phi, teacher, ids, lm_weight, w2, teacher_weight,
+                                                                ce_coef[s:e], l1_coef[s:e])
             total += (ce_coef[s:e] * ce[s:e]).sum()
             if l1 is not None:
-                t = torch.softmax((teacher_hidden[s:e] @ teacher_weight.t()).float(), dim=-1)
-                sign = torch.sign(p - t)
-                l1[s:e] = (p - t).abs().sum(-1)
-                total += (l1_coef[s:e] * l1[s:e]).sum()
-                # ... + c_l1·p⊙(s − ⟨p, s⟩)
-                grad_z += l1_coef[s:e, None] * p * (sign - (p * sign).sum(-1, keepdim=True))
+                l1[s:e] = l1_chunk
+                total += (l1_coef[s:e] * l1_chunk).sum()
             g = grad_z.to(hidden.dtype)
             if want_h:
                 grad_h[s:e] = g @ lm_weight.to(g.dtype)

@@ -29,7 +29,14 @@ from .common import DSparkForwardOutput, slot_decay_weights
 from .fused_logits import fused_slot_loss, slot_terms
 
 LOSS_DEFAULTS = {"loss_decay_gamma": 4.0, "ce_loss_alpha": 0.1, "l1_loss_alpha": 0.9,
-                 "confidence_head_alpha": 1.0, "loss_chunk_size": 128}
+                 "confidence_head_alpha": 1.0, "loss_chunk_size": None}
+CHUNK_LOGITS = 1 << 22  # default chunk: ~4M logits (16 MB per fp32 temporary), never under NeMo's 128 slots
+
+
+def default_chunk_size(vocab_size: int) -> int:
+    """Slots per vocab chunk: 128 for large vocabularies (Qwen3: 19M logits), more for small ones (V=8192: 512),
+    where bigger GEMMs are faster and the temporaries still small."""
+    return max(128, (CHUNK_LOGITS // max(int(vocab_size), 1)) // 64 * 64)
 # The objective's options (= the method's default_options): loss weights, anchor seed, attention backend.
 OBJECTIVE_DEFAULTS = {**LOSS_DEFAULTS, "seed": 0, "attention_backend": "grouped"}
 
@@ -166,15 +173,16 @@ def fused_dspark_loss(hidden: torch.Tensor, target_ids: torch.Tensor, eval_mask:
                       w2: torch.Tensor | None = None, teacher_hidden: torch.Tensor | None = None,
                       teacher_weight: torch.Tensor | None = None, confidence_pred: torch.Tensor | None = None,
                       loss_decay_gamma: float | None = 4.0, ce_loss_alpha: float = 0.1, l1_loss_alpha: float = 0.9,
-                      confidence_head_alpha: float = 1.0, chunk_size: int = 128) -> DSparkLoss:
+                      confidence_head_alpha: float = 1.0, chunk_size: int | None = None) -> DSparkLoss:
     """The same loss from hidden states: hidden (B, A, γ, H), phi (B, A, γ, r) with w2 (V, r), teacher_hidden
     (B, A, γ, H) (the target's post-norm states at the teacher positions); only supervised slots are ever
-    projected to the vocabulary."""
+    projected to the vocabulary; ``chunk_size`` slots at a time (default :func:`default_chunk_size`)."""
     needs_teacher = bool(l1_loss_alpha) or (confidence_pred is not None and bool(confidence_head_alpha))
     if needs_teacher and teacher_hidden is None:
         raise ValueError("l1_loss_alpha / confidence_head_alpha > 0 need teacher_hidden (target final hidden)")
     lw = loss_weights(eval_mask, loss_decay_gamma)
     coef = lw.rows * lw.scale
+    chunk_size = chunk_size or default_chunk_size(lm_weight.shape[0])
     total, ce, l1, pred = fused_slot_loss(
         hidden[eval_mask], target_ids[eval_mask], lm_weight,
         phi=phi[eval_mask] if phi is not None else None, w2=w2,

@@ -17,13 +17,14 @@ from draftsmith.method import ObjectiveOutput, TargetFeatures, TargetHeads, Targ
 from draftsmith.nn.block_attention import ATTENTION_BACKENDS
 
 from .config import DRAFT_OPTIONS
-from .loss import OBJECTIVE_DEFAULTS, fused_dspark_loss
+from .loss import OBJECTIVE_DEFAULTS, default_chunk_size, fused_dspark_loss
 
 
 class DSparkObjective:
     """Options (defaults, = the method's ``default_options``): ``loss_decay_gamma`` 4.0 (None = uniform),
-    ``ce_loss_alpha`` 0.1, ``l1_loss_alpha`` 0.9, ``confidence_head_alpha`` 1.0, ``loss_chunk_size`` 128 (slots
-    per vocab chunk), ``seed`` 0 (anchor draws), ``attention_backend`` "grouped" (see
+    ``ce_loss_alpha`` 0.1, ``l1_loss_alpha`` 0.9, ``confidence_head_alpha`` 1.0, ``loss_chunk_size`` None
+    (slots per vocab chunk; None = ``loss.default_chunk_size(V)``: 128 at Qwen3's vocab, 512 at V = 8192),
+    ``seed`` 0 (anchor draws), ``attention_backend`` "grouped" (see
     ``draftsmith.nn.block_attention.BlockLayout.attention_mask``), and ``num_anchors`` (default: the draft
     config's, 512). Draft options (``block_size``, ``markov_rank``, ...) belong to the draft; given here they
     must agree with the draft's config.
@@ -49,7 +50,7 @@ class DSparkObjective:
         self.ce_alpha = float(opts["ce_loss_alpha"])
         self.l1_alpha = float(opts["l1_loss_alpha"])
         self.conf_alpha = float(opts["confidence_head_alpha"]) if draft.confidence_head is not None else 0.0
-        self.chunk_size = int(opts["loss_chunk_size"])
+        self.chunk_size = int(opts["loss_chunk_size"] or default_chunk_size(cfg.vocab_size))
         self.num_anchors = int(options.get("num_anchors") or cfg.num_anchors)
         self.attention_backend = str(opts["attention_backend"])
         self.seed, self.calls = int(opts["seed"]), 0

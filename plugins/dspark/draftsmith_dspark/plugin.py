@@ -27,6 +27,6 @@ def draftsmith_register_methods(registry):
         # draft config, see draftsmith_dspark.config.DRAFT_OPTIONS); kept in sync with loss.OBJECTIVE_DEFAULTS
         # (num_anchors: default = the draft config's, 512)
         default_options={"loss_decay_gamma": 4.0, "ce_loss_alpha": 0.1, "l1_loss_alpha": 0.9,
-                         "confidence_head_alpha": 1.0, "loss_chunk_size": 128, "seed": 0,
+                         "confidence_head_alpha": 1.0, "loss_chunk_size": None, "seed": 0,
                          "attention_backend": "grouped"},
     ))
