@@ -34,6 +34,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--draft-vocab", type=int, default=0,
+                        help="override the draft vocab (8192 = no compression: every target argmax is in vocab)")
     parser.add_argument("--dense", action="store_true",
                         help="compute every chain at every TTT step (skip_dead_chains=False): kernels only")
     args = parser.parse_args()
@@ -43,6 +45,8 @@ def main() -> None:
     nemo = _load("nemo_eager_step", HERE / "nemo_eager_step.py")
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     torch.manual_seed(0)
+    if args.draft_vocab:
+        train_step.SHAPES["eagle3"]["draft"]["draft_vocab_size"] = args.draft_vocab
     draft, objective, shape = train_step.build("eagle3", device, dtype)
     objective.skip_dead_chains = not args.dense
     batch, features = train_step.make_batch(objective, shape, device, dtype)
@@ -77,7 +81,7 @@ def main() -> None:
     tokens = shape["batch"] * shape["seq"]
     mo, mt = statistics.median(t_ours), statistics.median(t_theirs)
     print(f"device {args.device} dtype {args.dtype} threads {torch.get_num_threads()} ttt {ttt} "
-          f"skip_dead_chains {objective.skip_dead_chains}")
+          f"skip_dead_chains {objective.skip_dead_chains} draft_vocab {draft.config.draft_vocab_size}")
     print(f"draftsmith  step median {mo:.4f}s tokens/s {tokens / mo:.0f}  times {[round(t, 3) for t in t_ours]}")
     print(f"nemo-eager  step median {mt:.4f}s tokens/s {tokens / mt:.0f}  times {[round(t, 3) for t in t_theirs]}")
     print(f"speed-up {mt / mo:.2f}x")
