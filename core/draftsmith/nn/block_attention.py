@@ -15,15 +15,21 @@ Public API (stable; later changes are additive only):
   ``causal`` (in-block ``j <= i``, JetSpec variant), ``sliding_window`` (context visible only if
   ``(anchor + k) - kv < W``), ``document_ids`` (packing: context only inside the anchor's document).
   ``layout.dense_mask()`` → bool ``(Bt, 1, N·B, S + N·B)``, True = attend; ``layout.context_mask()`` → bool
-  ``(Bt, N·B, S)``; ``layout.block_mask()`` → bool ``(B, B)``.
+  ``(Bt, N·B, S)``; ``layout.block_mask()`` → bool ``(B, B)``; ``layout.attention_mask(backend)`` → what the
+  layers take for an attention backend (:data:`ATTENTION_BACKENDS`): ``"sdpa"`` the dense mask (reference),
+  ``"grouped"`` a :class:`GroupedBlockMask` (one SDPA call per group of blocks over only the context its anchors
+  can see — exact, much less masked-out work), ``"blockwise"`` a :class:`BlockwiseMask` (explicit context and
+  own-block scores, one softmax). All give the dense-mask result (tested with gradients).
 * :func:`build_block_mask` — the same dense mask from plain arguments. Padding blocks (keep False) see no
   context but keep their in-block attention, so no row is all-masked (SDPA would give NaN).
-* :func:`additive_mask` — bool mask → 0 / −inf float mask.
+* :func:`additive_mask` — bool mask → 0 / −inf float mask. :func:`masked_sdpa` — SDPA with GQA (repeats KV
+  heads on CUDA when a mask is given, where ``enable_gqa`` + mask would fall back to the math kernel).
 * :func:`block_position_ids` — slot positions ``anchor + k`` (or ``position_ids[anchor] + k`` when packed).
 * :class:`KVInjectionAttention` — Qwen3-style attention (q/k/v/o, per-head ``q_norm``/``k_norm``, GQA, rotary)
   whose queries come from the block only and whose keys/values are ``[k/v_proj(context); k/v_proj(block)]``
   with the layer's *own* projections (+ ``k_norm`` on both). With a :class:`~draftsmith.nn.kv_cache.DraftKVCache`
-  the context keys/values are appended to the cache (incremental drafting) and the block's are not.
+  the context keys/values are appended to the cache (incremental drafting) and the block's are not; the
+  ``attention_mask`` is then a dense mask over ``[cached + new context | block]`` or ``None``.
 * :class:`SwiGLUMLP`, :class:`BlockDecoderLayer` — pre-RMSNorm layer: ``h + attn(norm(h), context)`` then
   ``h + mlp(norm(h))``; the context is *not* normed by the layer (it arrives normed by ``hidden_norm``).
 * :class:`BlockBackboneMixin` / :class:`BlockDraftBackbone` — ``fc`` (m·H → H, no bias) + ``hidden_norm`` context

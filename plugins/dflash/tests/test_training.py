@@ -39,7 +39,7 @@ def trained():
     feats, _ = run_target(target, objective.target_request(), ids)
     opt = torch.optim.AdamW(draft.parameters(), lr=3e-3, betas=(0.9, 0.95), weight_decay=0.0)
     history = []
-    for _ in range(30):
+    for _ in range(20):
         out = objective(batch, feats)
         opt.zero_grad()
         out.loss.backward()
