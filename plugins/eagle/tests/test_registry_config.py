@@ -76,6 +76,14 @@ def test_every_registered_pair_builds_and_trains(eagle, method, arch):
     g = torch.Generator().manual_seed(0)
     feats = TargetFeatures({i: torch.randn(2, 12, 64, generator=g) for i in request.layer_ids},
                            torch.randn(2, 12, 64, generator=g) if request.final_hidden else None)
+    with torch.no_grad():  # forward shapes: (B, T, H) hidden, logits over the draft (EAGLE-1: target) vocab
+        if method == "eagle3":
+            aux = torch.cat([feats.hidden_states[i] for i in request.layer_ids], dim=-1)
+            hidden = draft(batch["input_ids"], draft.project_hidden_states(aux), batch["attention_mask"])
+            assert hidden.shape == (2, 12, 64) and draft.compute_logits(hidden).shape == (2, 12, 48)
+        else:
+            hidden = draft(batch["input_ids"], feats.final_hidden, batch["attention_mask"])
+            assert hidden.shape == (2, 12, 64) and draft.compute_logits(hidden).shape == (2, 12, 128)
     out = objective(batch, feats)
     out.loss.backward()
     assert torch.isfinite(out.loss) and out.num_tokens > 0 and "accuracy" in out.metrics
