@@ -140,12 +140,13 @@ class Eagle3Objective(_EagleObjective):
     """EAGLE-3 training-time test: ``ttt_steps`` unrolled draft steps (default 7), each a soft CE against the target
     distribution restricted to the draft vocab, over predictions whose target argmax is in the draft vocab; step
     ``i`` weighted ``ttt_decay^i`` normalised by the weights' sum. Metrics: ``accuracy`` (all steps), ``acc_{i}``
-    per step, and ``tau_sim = 1 + Σ_k hits_k / valid_k`` (chains correct through depth k+1 over chains supervised
-    through depth k; a target outside the draft vocab breaks the chain)."""
+    per step, and ``tau_sim = 1 + Σ_k hits_k / chains_k`` (chains correct through depth k+1 over chains supervised
+    through depth k; a target outside the draft vocab breaks the chain). ``logits_chunk_size`` bounds the target
+    rows whose full-vocab logits exist at once (256 rows × 152k vocab ≈ 155 MB fp32)."""
 
     def __init__(self, draft: nn.Module, heads: TargetHeads, ttt_steps: int = 7, num_aux_layers: int | None = None,
                  draft_vocab_size: int | None = None, ttt_decay: float = 0.8, freeze_embeddings: bool = True,
-                 logits_chunk_size: int = 1024, num_draft_tokens: int | None = None, skip_dead_chains: bool = True,
+                 logits_chunk_size: int = 256, num_draft_tokens: int | None = None, skip_dead_chains: bool = True,
                  **unused: Any) -> None:
         if unused:
             raise ConfigError(f"Eagle3Objective: unknown option(s) {sorted(unused)}")
@@ -239,12 +240,12 @@ class Eagle3Objective(_EagleObjective):
         loss = hidden.new_zeros((), dtype=torch.float32)
         correct = torch.zeros_like(valid)  # (K, B·T): greedy draft == target argmax, where supervised
         for k in range(k_steps):
-            chains = live[k] if live is not None and k > 0 else None
-            if chains is not None and chains.shape[1] == 0:
-                break  # no supervised prediction left on any chain
+            live_slots = live[k] if live is not None and k > 0 else None
+            if live_slots is not None and live_slots.shape[1] == 0:
+                break  # no supervised prediction left on any chain (step 0 already touched every parameter)
             hidden = self.draft(input_ids=shift_left(ids, k + 1), projected_hidden_states=hidden,
                                 attention_mask=vis, position_ids=pos, cache_hidden=cache,
-                                slots=chains)  # (B, T, H), zeros off the live chains
+                                slots=live_slots)  # (B, T, H), zeros off the live chains
             sl, rw = slots[k][keep[k]], rows[k][keep[k]]
             logits = model.compute_logits(hidden.reshape(b * t, -1)[sl])  # (N_k, Vd)
             step_sum = soft_cross_entropy(logits, probs[rw]).sum()
