@@ -75,5 +75,5 @@ def default_eagle1_layer_ids(num_target_layers: int, **_options) -> list[int]:
 # NeMo AutoModel's name for the spec type.
 __all__ = [
     "DraftSpec", "DENSE_ARCHITECTURES", "SPECS", "EAGLE1_DRAFT_REGISTRY", "EAGLE3_DRAFT_REGISTRY",
-    "resolve_eagle1_draft_spec", "resolve_eagle3_draft_spec", "default_aux_layer_ids",
+    "resolve_eagle1_draft_spec", "resolve_eagle3_draft_spec", "default_aux_layer_ids", "default_eagle1_layer_ids",
 ]

@@ -262,3 +262,39 @@ def test_skipping_dead_chains_changes_nothing(eagle):
                                   1, 8)
     assert live[0] is None or live[0].tolist() == [[3, 5]]
     assert live[1].tolist() == [[5]] and live[2].shape == (1, 0)
+
+
+@pytest.mark.parametrize("method", ["eagle3", "eagle1"])
+def test_packed_row_equals_separate_rows(eagle, method):
+    """Two documents packed in one row (position_ids restart) == the same documents as two padded rows."""
+    tc = eagle.target_config()
+    heads = _heads()
+    if method == "eagle3":
+        draft = eagle.make_eagle3(tc, draft_vocab_size=96)
+        objective = Eagle3Objective(draft, heads, ttt_steps=3)
+        objective.prepare(torch.arange(128))
+    else:
+        objective = Eagle1Objective(eagle.make_eagle1(tc), heads, feature_noise=0.0)
+    request = objective.target_request()
+    g = torch.Generator().manual_seed(11)
+    lengths = (9, 7)
+    docs = [torch.randint(3, 128, (n,), generator=g) for n in lengths]
+    masks = [torch.tensor([0, 0] + [1] * (n - 2)) for n in lengths]
+    feats = [{key: torch.randn(n, 64, generator=g) for key in [*request.layer_ids, "final"]} for n in lengths]
+    packed = {"input_ids": torch.cat(docs)[None], "attention_mask": torch.ones(1, sum(lengths), dtype=torch.long),
+              "loss_mask": torch.cat(masks)[None],
+              "position_ids": torch.cat([torch.arange(n) for n in lengths])[None]}
+    packed_feats = TargetFeatures({i: torch.cat([f[i] for f in feats])[None] for i in request.layer_ids},
+                                  torch.cat([f["final"] for f in feats])[None])
+
+    def pad(x, n=9):
+        return torch.cat([x, x.new_zeros(n - x.shape[0], *x.shape[1:])])
+
+    rows = {"input_ids": torch.stack([pad(d) for d in docs]),
+            "attention_mask": torch.stack([pad(torch.ones(n, dtype=torch.long)) for n in lengths]),
+            "loss_mask": torch.stack([pad(m) for m in masks])}
+    row_feats = TargetFeatures({i: torch.stack([pad(f[i]) for f in feats]) for i in request.layer_ids},
+                               torch.stack([pad(f["final"]) for f in feats]))
+    a, b = objective(packed, packed_feats), objective(rows, row_feats)
+    assert_close(a.loss, b.loss, rtol=1e-5, atol=1e-6)
+    assert a.metrics == pytest.approx(b.metrics) and a.num_tokens == b.num_tokens
