@@ -273,7 +273,8 @@ def test_grouped_mask_cuts_context_at_the_group_anchor():
     assert [(g[0], g[1], g[2]) for g in groups] == [(0, 4, 5), (4, 8, 9)]  # padding anchor does not widen
     dense = layout.dense_mask()[0, 0]
     for q0, q1, c, m in groups:  # each group mask is the dense mask restricted to its keys
-        assert torch.equal(m[0, 0, :, :c], dense[q0:q1, :c]) and torch.equal(m[0, 0, :, c:], dense[q0:q1, 12 + q0:12 + q1])
+        assert torch.equal(m[0, 0, :, :c], dense[q0:q1, :c])
+        assert torch.equal(m[0, 0, :, c:], dense[q0:q1, 12 + q0:12 + q1])
         assert not dense[q0:q1, c:12].any()  # nothing visible was cut
     with pytest.raises(ValueError, match="blocks_per_group"):
         layout.grouped_mask(0)

@@ -481,6 +481,8 @@ class BlockDraftBackbone(BlockBackboneMixin, nn.Module):
 
 
 __all__ = [
-    "BlockLayout", "masked_sdpa", "GroupedBlockMask", "grouped_attention", "BlockwiseMask", "blockwise_attention", "build_block_mask", "additive_mask", "block_position_ids", "KVInjectionAttention", "SwiGLUMLP",
+    "ATTENTION_BACKENDS", "BlockLayout", "GroupedBlockMask", "BlockwiseMask", "build_block_mask", "additive_mask",
+    "block_position_ids", "masked_sdpa", "grouped_attention", "blockwise_attention", "KVInjectionAttention",
+    "SwiGLUMLP",
     "BlockDecoderLayer", "BlockBackboneMixin", "BlockDraftBackbone", "DraftKVCache", "PositionEmbeddings",
 ]

@@ -51,7 +51,8 @@ def setup(device: torch.device):
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(2, TARGET["vocab_size"] - 1, (BATCH, SEQ), generator=g).to(device)
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "loss_mask": torch.ones_like(ids)}
-    hidden = {i: torch.randn(BATCH, SEQ, TARGET["hidden_size"], generator=g).to(device) for i in DRAFT["target_layer_ids"]}
+    hidden = {i: torch.randn(BATCH, SEQ, TARGET["hidden_size"], generator=g).to(device)
+              for i in DRAFT["target_layer_ids"]}
     features = TargetFeatures(hidden_states=hidden)
     return draft, heads, batch, features
 

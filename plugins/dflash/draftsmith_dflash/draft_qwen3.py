@@ -208,7 +208,8 @@ class Qwen3DFlashDraftModel(BlockBackboneMixin, PreTrainedModel):
         rows = embed_tokens.weight.shape[0]
         if self.mask_token_id >= rows:
             raise ConfigError(f"mask_token_id {self.mask_token_id} has no row in the target embedding ({rows} rows)")
-        if embed_tokens.weight.shape[1] != self.config.hidden_size or lm_head.weight.shape[1] != self.config.hidden_size:
+        hidden = self.config.hidden_size
+        if embed_tokens.weight.shape[1] != hidden or lm_head.weight.shape[1] != hidden:
             raise ConfigError(f"target heads of width {embed_tokens.weight.shape[1]}/{lm_head.weight.shape[1]} do not "
                               f"match the draft hidden size {self.config.hidden_size}")
         object.__setattr__(self, "_target_embed_tokens", embed_tokens)
@@ -248,7 +249,8 @@ class Qwen3DFlashDraftModel(BlockBackboneMixin, PreTrainedModel):
         expected = len(self.target_layer_ids) * self.config.hidden_size
         if target_hidden is not None and target_hidden.shape[-1] != expected:
             raise ConfigError(f"target_hidden has width {target_hidden.shape[-1]}, expected {expected} "
-                              f"({len(self.target_layer_ids)} layers {self.target_layer_ids} x {self.config.hidden_size})")
+                              f"({len(self.target_layer_ids)} layers {self.target_layer_ids} × "
+                              f"{self.config.hidden_size})")
         if target_hidden is not None:
             target_hidden = target_hidden.to(self.fc.weight.dtype)
         return self.backbone_forward(noise_embedding, position_ids, target_hidden, context_position_ids,

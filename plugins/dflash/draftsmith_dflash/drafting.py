@@ -91,8 +91,8 @@ class DFlashDrafter:
         if temperature == 0:
             return Proposal(tokens=logits.argmax(dim=-1))
         probs = torch.softmax(logits / temperature, dim=-1)
-        tokens = torch.multinomial(probs.cpu() if generator is not None and generator.device.type == "cpu" else probs,
-                                   1, generator=generator).reshape(-1).to(logits.device)
+        src = probs if generator is None or generator.device == probs.device else probs.to(generator.device)
+        tokens = torch.multinomial(src, 1, generator=generator).reshape(-1).to(probs.device)  # one draw per slot
         return Proposal(tokens=tokens, probs=probs)
 
     def commit(self, tokens: torch.Tensor, features: TargetFeatures) -> None:

@@ -2,12 +2,12 @@
 
 Per sequence, up to ``num_anchors`` anchors are drawn uniformly without replacement among positions with
 ``loss_mask[a]`` and a whole block inside the sequence (seeded from ``seed``, the data-parallel rank and the
-call count, so runs and resumptions are reproducible and ranks draw different anchors). All blocks of the batch run in one forward with the block
-mask (context strictly before the anchor, own block bidirectional). Slot ``k >= 1`` predicts ``y[a + k]``
-through the frozen target ``lm_head``; the loss is the hard-label cross-entropy weighted by
-``exp(−(k−1)/γ)`` and normalised by ``Σ weight·mask`` of the micro-batch (the DFlash/NeMo convention). An
-optional KD term (``kd_weight > 0``, off by default) adds the KL from the target's own next-token
-distribution at ``a + k − 1`` to the draft's, as Model-Optimizer's self-logit distillation offers.
+call count, so runs and resumptions are reproducible and ranks draw different anchors). All blocks of the
+batch run in one forward with the block mask (context strictly before the anchor, own block bidirectional).
+Slot ``k >= 1`` predicts ``y[a + k]`` through the frozen target ``lm_head``; the loss is the hard-label
+cross-entropy weighted by ``exp(−(k−1)/γ)`` and normalised by ``Σ weight·mask`` of the micro-batch (the
+DFlash/NeMo convention). An optional KD term (``kd_weight > 0``, off by default) adds the KL from the target's
+own next-token distribution at ``a + k − 1`` to the draft's, as Model-Optimizer's self-logit distillation offers.
 
 Metrics: ``loss``, ``ce``, ``accuracy`` (argmax == label over supervised slots), ``accept_len`` (per block,
 leading correct slots + 1, over blocks with a supervised slot) and ``tau_sim`` (= ``accept_len``), ``kd``
@@ -28,7 +28,7 @@ from draftsmith.nn.block_attention import ATTENTION_BACKENDS, block_position_ids
 from .anchors import (accept_lengths, anchor_candidates, block_input_ids, block_labels, decay_weights,
                       document_ids_from_positions, sample_anchors)
 from .draft_qwen3 import validate_mask_token_id
-from .options import OBJECTIVE_OPTIONS, check_matches_draft, check_options
+from .options import check_matches_draft, check_options
 
 
 def _dp_rank() -> int:
@@ -111,7 +111,7 @@ class DFlashObjective:
     def _zero_output(self) -> ObjectiveOutput:
         # No supervised block in this micro-batch: a zero loss that still touches every trainable parameter,
         # so data-parallel gradient reduction sees the same parameters on every rank.
-        zero = sum((p.sum() * 0.0 for p in self.draft.parameters() if p.requires_grad), torch.zeros(()))
+        zero = torch.stack([p.sum() for p in self.draft.parameters() if p.requires_grad]).sum() * 0.0
         metrics = {"loss": 0.0, "ce": 0.0, "accuracy": 0.0, "accept_len": 0.0, "tau_sim": 0.0, "num_blocks": 0}
         return ObjectiveOutput(loss=zero, metrics=metrics, num_tokens=0)
 
