@@ -5,8 +5,8 @@ Main difference with :class:`LlamaEagle3DraftModel`: none in structure. gpt-oss 
 factor ``0.1·ln(factor) + 1`` scales cos and sin. The draft keeps the target's rope parameters and computes them
 with transformers' YaRN init, so draft and target positions agree at every length. (SpecForge trains gpt-oss drafts
 with plain Llama RoPE — its rotary silently falls back for "yarn" — a latent long-context bug.) gpt-oss applies
-rotary to the two halves of each head (``first·cos − second·sin``, ``second·cos + first·sin``), which is exactly the
-Llama ``rotate_half`` form on cos/sin duplicated to the full head dim, i.e. what draftsmith's rotary produces.
+rotary to the two halves of each head (``first·cos − second·sin``, ``second·cos + first·sin``), which is exactly
+the Llama ``rotate_half`` form on cos/sin duplicated to the full head dim, i.e. what draftsmith's rotary produces.
 
 Only full rotary is supported: a ``partial_rotary_factor`` other than 1 raises (the engines' Llama EAGLE-3 head
 rotates the whole head).

@@ -36,8 +36,8 @@ from .masks import causal_visibility
 DRAFT_CLASS = "draftsmith_eagle.draft_llama:LlamaEagle3DraftModel"
 DEFAULT_DRAFT_VOCAB = 32000  # the EAGLE-3 release / SpecForge / NeMo default
 
-_OPTIONS = {"target_layer_ids", "aux_layer_ids", "num_aux_layers", "draft_vocab_size", "num_hidden_layers", "num_draft_layers",
-            "draft_num_hidden_layers", "fc_norm", "norm_output", "intermediate_size", "qkv_bias"}
+_OPTIONS = {"target_layer_ids", "aux_layer_ids", "num_aux_layers", "draft_vocab_size", "num_hidden_layers",
+            "num_draft_layers", "draft_num_hidden_layers", "fc_norm", "norm_output", "intermediate_size", "qkv_bias"}
 
 
 def build_eagle3_config(cls: type, draft_class: str, target_config: Any, options: dict[str, Any]
@@ -61,7 +61,7 @@ def build_eagle3_config(cls: type, draft_class: str, target_config: Any, options
     fields = shared_draft_fields(target_config)
     vocab = options.pop("draft_vocab_size", None)
     vocab = min(DEFAULT_DRAFT_VOCAB, fields["vocab_size"]) if vocab is None else int(vocab)
-    fields.update({k: v for k, v in options.items() if v is not None})
+    fields.update({name: value for name, value in options.items() if value is not None})
     config = LlamaEagle3Config(
         **fields, num_hidden_layers=int(depth), draft_vocab_size=vocab, target_hidden_size=fields["hidden_size"],
         num_aux_hidden_states=len(ids), target_layer_ids=ids,

@@ -39,7 +39,8 @@ from .masks import _build_causal_mask, causal_visibility  # noqa: F401  (public 
 
 DRAFT_CLASS = "draftsmith_eagle.draft_llama_v12:LlamaEagleDraftModel"
 
-_OPTIONS = {"draft_num_hidden_layers", "num_hidden_layers", "num_draft_layers", "fc_bias", "intermediate_size", "qkv_bias"}
+_OPTIONS = {"draft_num_hidden_layers", "num_hidden_layers", "num_draft_layers", "fc_bias", "intermediate_size",
+            "qkv_bias"}
 
 
 class LlamaEagleDraftModel(EagleDraftModel):
