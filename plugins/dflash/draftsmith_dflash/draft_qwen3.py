@@ -146,6 +146,9 @@ class Qwen3DFlashDraftModel(BlockBackboneMixin, PreTrainedModel):
         if num_draft_layers is not None and num_hidden_layers is not None and num_draft_layers != num_hidden_layers:
             raise ConfigError(f"num_draft_layers={num_draft_layers} and num_hidden_layers={num_hidden_layers} disagree")
         depth = num_draft_layers or num_hidden_layers or 5
+        if sliding_window is not None and (isinstance(sliding_window, bool) or not isinstance(sliding_window, int)
+                                           or sliding_window < 1):
+            raise ConfigError(f"sliding_window must be a positive int (or unset), got {sliding_window!r}")
         validate_mask_token_id(mask_token_id, int(tc.vocab_size), getattr(tc, "pad_token_id", None), _eos_ids(tc))
         if target_layer_ids is None:
             target_layer_ids = build_target_layer_ids(n_target, depth, num_feature_layers=num_feature_layers)

@@ -47,6 +47,7 @@ def test_config_from_llama_keeps_its_rope_and_mlp_bias(dflash):
     ({"mask_token_id": 7, "target_layer_ids": [1, 1]}, "distinct"),
     ({"mask_token_id": 7, "target_layer_ids": [4]}, "distinct ids in"),
     ({"mask_token_id": 7, "blocksize": 8}, "unknown DFlash option"),
+    ({"mask_token_id": 7, "sliding_window": 0}, "sliding_window"),
 ])
 def test_config_validation_messages(dflash, kwargs, match):
     tc = dflash.target_config(pad_token_id=0, eos_token_id=[2, 3])
