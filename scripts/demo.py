@@ -64,10 +64,9 @@ def main() -> int:
         print("demo: evaluation failed (see above)", file=sys.stderr)
         return 1
     report = json.loads(result.stdout)
-    metrics = read_metrics(REPO / out_dir / "metrics.jsonl" if not out_dir.is_absolute() else out_dir / "metrics.jsonl")
-    train_rows = [m for m in metrics if "tokens_per_s" in m or "tokens_per_second" in m]
-    tok_s = [m.get("tokens_per_s", m.get("tokens_per_second")) for m in train_rows]
-    size = sum(p.stat().st_size for p in (REPO / draft if not draft.is_absolute() else draft).glob("*"))
+    run_dir = out_dir if out_dir.is_absolute() else REPO / out_dir
+    tok_s = [m["tokens_per_s"] for m in read_metrics(run_dir / "metrics.jsonl") if m.get("tokens_per_s")]
+    size = sum(p.stat().st_size for p in (run_dir / "final").glob("*") if p.is_file())
     figures = {
         "method": args.method,
         "train_seconds": round(train_seconds, 1),
