@@ -52,7 +52,8 @@ def shared_draft_fields(target_config: Any) -> dict[str, Any]:
     if factor != 1.0:
         rope["partial_rotary_factor"] = factor
     eos = getattr(text, "eos_token_id", None)
-    return {
+    extra = {"partial_rotary_factor": factor} if factor != 1.0 else {}  # draftsmith.nn.rotary reads the attribute
+    return {**extra,
         "vocab_size": int(text.vocab_size),
         "hidden_size": int(text.hidden_size),
         "intermediate_size": int(text.intermediate_size),
@@ -129,6 +130,7 @@ class _EagleConfigBase(PretrainedConfig):
     eos_token_id: int | list[int] | None = None
     tie_word_embeddings: bool = False
     rope_parameters: dict | None = None
+    partial_rotary_factor: float | None = None  # None = 1.0 (a field, so it survives save/load as an attribute)
     attention_bias: bool = False
     mlp_bias: bool = False
     target_layer_ids: list[int] | None = None

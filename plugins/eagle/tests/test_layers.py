@@ -126,3 +126,22 @@ def test_inv_freq_stays_fp32(eagle, which, tmp_path):
     draft.save_pretrained(tmp_path)
     loaded = draftsmith.load_draft(tmp_path, dtype=torch.bfloat16)
     assert loaded.rotary_emb.inv_freq.dtype == torch.float32 and torch.equal(loaded.rotary_emb.inv_freq, exact)
+
+
+def test_partial_rotary_target(eagle, tmp_path):
+    """A dense target with partial rotary: the draft rotates the same fraction of each head, also after loading."""
+    import draftsmith
+    from draftsmith_eagle.draft_llama import LlamaEagle3DraftModel
+
+    tc = eagle.target_config("Qwen3ForCausalLM")
+    tc.partial_rotary_factor = 0.5
+    cfg = LlamaEagle3DraftModel.build_draft_config(tc)
+    assert cfg.partial_rotary_factor == 0.5 and cfg.rope_parameters["partial_rotary_factor"] == 0.5
+    draft = LlamaEagle3DraftModel(cfg)
+    assert draft.rotary_emb.inv_freq.numel() == 4  # head_dim 16 × 0.5 / 2
+    cos, _ = draft.rotary_emb(torch.randn(1, 5, 64), torch.arange(5)[None])
+    assert cos.shape == (1, 5, 8)
+    draft.save_pretrained(tmp_path)
+    loaded = draftsmith.load_draft(tmp_path)
+    assert loaded.config.partial_rotary_factor == 0.5
+    assert torch.equal(loaded.rotary_emb.inv_freq, draft.rotary_emb.inv_freq)
