@@ -31,8 +31,10 @@ def rope_parameters_of(config: Any) -> dict:
 
 
 def _default_inv_freq(config: Any, head_dim: int) -> tuple[torch.Tensor, float]:
-    base = float(rope_parameters_of(config)["rope_theta"])
-    factor = float(getattr(config, "partial_rotary_factor", 1.0) or 1.0)
+    params = rope_parameters_of(config)
+    base = float(params["rope_theta"])
+    # transformers 5 may keep partial_rotary_factor inside rope_parameters rather than on the config
+    factor = float(params.get("partial_rotary_factor") or getattr(config, "partial_rotary_factor", 1.0) or 1.0)
     dim = int(head_dim * factor)
     inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).to(torch.float32) / dim))
     return inv_freq, 1.0
