@@ -129,7 +129,10 @@ def test_prepare_features_on_two_ranks_matches_one_rank(tmp_path, world):
     prepare_features(from_dict(cfg), tmp_path / "one", dtype="float32", log=lambda s: None)
     path = tmp_path / "p.yaml"
     path.write_text(json.dumps(cfg))
-    torchrun(tmp_path, "prepare-features", str(path), "--out", str(tmp_path / "two"), "--dtype", "float32")
+    # sharded target + small batches: ranks get different numbers of batches and must still run the target
+    # equally often (FSDP all-gathers in every forward)
+    torchrun(tmp_path, "prepare-features", str(path), "--out", str(tmp_path / "two"), "--dtype", "float32",
+             "--set", "target.shard=true", "--batch-tokens", "250")
     one, two = FeatureCache(tmp_path / "one"), FeatureCache(tmp_path / "two")
     shards = [s["file"] for s in two.manifest["splits"]["train"]["shards"]]
     assert any("-R00-" in f for f in shards) and any("-R01-" in f for f in shards)
@@ -143,3 +146,25 @@ def test_prepare_features_on_two_ranks_matches_one_rank(tmp_path, world):
             torch.testing.assert_close(fb[k], fa[k], rtol=1e-5, atol=1e-5)  # padding differs per rank's batches
     for field in ("layer_ids", "seq_len", "target_config_sha256", "chat_template_sha256"):
         assert one.manifest[field] == two.manifest[field]
+
+
+def test_fsdp_with_a_method_that_calls_the_draft_a_data_dependent_number_of_times(tmp_path, world):
+    """DFlash skips the draft forward for a micro-batch without supervised blocks and evaluates anchors in
+    length-dependent chunks, so ranks call the draft different numbers of times: FSDP must not deadlock."""
+    import draftsmith
+
+    try:
+        draftsmith.get_method("dflash").load_objective()
+    except Exception as exc:
+        pytest.fail(f"dflash objective does not import: {exc}")
+    target = T.make_target(tmp_path / "tgt6", num_layers=6)
+    cfg = T.toy_config(tmp_path, target, world["data"], method="dflash",
+                       draft={"mask_token_id": 3, "num_draft_layers": 2, "block_size": 4},
+                       method_options={"num_anchors": 8},
+                       **{"train.max_steps": 3, "train.batch_size": 2, "train.eval_every": 1,
+                          "data.eval_fraction": 0.2, "distributed.strategy": "fsdp"})
+    path = tmp_path / "dflash.yaml"
+    path.write_text(json.dumps(cfg))
+    res = torchrun(tmp_path, "train", str(path))
+    evals = [r for r in T.read_metrics(tmp_path / "run") if r.get("split") == "eval"]
+    assert [r["step"] for r in evals] == [1, 2, 3] and all(T.finite(r["tau_replay"]) for r in evals), res.stderr[-2000:]

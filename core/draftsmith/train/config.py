@@ -90,6 +90,8 @@ class DistributedConfig:
     backend: str = _field("auto", "process-group backend: auto = nccl on GPU, gloo on CPU",
                           choices=("auto", "nccl", "gloo"))
     find_unused_parameters: bool = _field(False, "DDP: allow draft parameters that get no gradient in a step")
+    fsdp_shard_blocks: bool = _field(False, "FSDP: also shard each repeated draft block (less memory; only for "
+                                     "methods that call every block once per step on every rank)")
 
 
 @dataclasses.dataclass

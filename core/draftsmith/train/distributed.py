@@ -1,6 +1,7 @@
 """Process groups, device placement and draft wrapping under ``torchrun``.
 
-One process per device. The draft is replicated with DDP (default) or sharded with FSDP2 ``fully_shard``;
+One process per device. The draft is replicated with DDP (default) or sharded with FSDP2 ``fully_shard`` (optimizer
+state and gradients sharded; parameters gathered for each objective call);
 the target is replicated (or FSDP2-sharded on GPU with ``target.shard``). Core never calls the draft
 directly: the method's objective does. So what DDP/FSDP wraps is an :class:`ObjectiveModule` — the draft as a
 registered submodule plus the objective — and the whole objective call runs inside the wrapper's forward,
@@ -137,7 +138,7 @@ def decoder_blocks(module: nn.Module) -> list[nn.Module]:
 
 
 def wrap_model(module: ObjectiveModule, info: DistInfo, strategy: str, device: torch.device, *,
-               find_unused_parameters: bool = False) -> nn.Module:
+               find_unused_parameters: bool = False, shard_blocks: bool = False) -> nn.Module:
     """DDP or FSDP2 around the objective module; the module itself when running on one process."""
     if not info.enabled:
         return module
@@ -151,10 +152,14 @@ def wrap_model(module: ObjectiveModule, info: DistInfo, strategy: str, device: t
     if strategy == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
-        # Units: each repeated draft block, then the root. The root unit gathers everything else for the whole
-        # objective call, so draft methods other than forward (compute_logits, ...) see full parameters.
-        for block in decoder_blocks(module.draft):
-            fully_shard(block)
+        # By default one FSDP unit: the root, gathered once per objective call. Objectives call the draft a
+        # data-dependent number of times (no supervised block in a micro-batch, chunked evaluation, ...), and
+        # per-block units would then issue different numbers of all-gathers on different ranks and deadlock.
+        # ``shard_blocks`` adds a unit per repeated draft block (less memory for deep drafts) for methods that
+        # call every block exactly once per objective call on every rank.
+        if shard_blocks:
+            for block in decoder_blocks(module.draft):
+                fully_shard(block)
         fully_shard(module)
         return module
     raise ConfigError(f"distributed.strategy must be ddp or fsdp, got {strategy!r}")

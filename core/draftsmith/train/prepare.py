@@ -90,7 +90,15 @@ def _prepare(config: RunConfig, out: Path, info: Any, dtype: str, batch_tokens: 
         writer = ShardWriter(out, split, dtype, rank=info.rank, shard_bytes=shard_mb << 20)
         lengths = [len(s) for s in samples]
         mine = list(range(info.rank, len(samples), info.world_size))
-        for idx in _batches(lengths, mine, batch_tokens):
+        batches = _batches(lengths, mine, batch_tokens)
+        # Every rank runs the target equally often: a sharded target (target.shard) all-gathers its weights in
+        # each forward, and unequal counts would deadlock. Extra forwards rerun a one-token dummy.
+        rounds = max(all_gather_objects(len(batches)))
+        for r in range(rounds):
+            if r >= len(batches):
+                run_target(setup.target, setup.request, torch.full((1, 1), pad, device=device), use_cache=False)
+                continue
+            idx = batches[r]
             items = [{"input_ids": torch.from_numpy(samples[i].input_ids),
                       "loss_mask": torch.from_numpy(samples[i].loss_mask.astype("int64"))} for i in idx]
             batch = collate(items, pad)

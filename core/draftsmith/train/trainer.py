@@ -232,7 +232,8 @@ class Trainer:
 
         module = ObjectiveModule(setup.draft, setup.objective)
         self.model = wrap_model(module, self.info, cfg.distributed.strategy, self.device,
-                                find_unused_parameters=cfg.distributed.find_unused_parameters)
+                                find_unused_parameters=cfg.distributed.find_unused_parameters,
+                                shard_blocks=cfg.distributed.fsdp_shard_blocks)
         params = [p for p in self.model.parameters() if p.requires_grad]
         if not params:
             raise TrainingError(f"the {cfg.method!r} draft has no trainable parameters")
