@@ -255,6 +255,9 @@ def test_resume_after_sigkill_reaches_the_same_weights(tmp_path, world, toy):
     records = T.read_metrics(out)
     assert any(r.get("event") == "resume" and r["step"] == done[-1] for r in records)
     assert max(r.get("step", 0) for r in records) == steps
+    logged = [(r["step"], r["split"]) for r in records if "split" in r]
+    assert len(logged) == len(set(logged))  # lines the killed run wrote after its checkpoint were dropped
+    assert [s for s, split in logged if split == "train"] == list(range(1, steps + 1))
 
 
 # -- bad inputs: one clear line, non-zero exit ---------------------------------------------------------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import types
 import typing
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -119,7 +120,7 @@ def _hints(cls: type) -> dict[str, Any]:
 
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         return " | ".join(_type_name(a) for a in args) + " | null"
     if origin in (list, tuple):
@@ -133,7 +134,7 @@ def _type_name(tp: Any) -> str:
 def _coerce(key: str, value: Any, tp: Any, choices: tuple[str, ...] | None) -> Any:
     """``value`` checked against the annotated type ``tp`` (ints accepted for floats, a scalar for a list)."""
     origin = typing.get_origin(tp)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
             return None

@@ -248,6 +248,8 @@ class Trainer:
                          else OnlineFeatures(setup.target, setup.request))
         if self.info.is_main:
             (self.output_dir / "config.yaml").write_text(dump_yaml(cfg))
+            if self.resume_from is not None:
+                _truncate_metrics(self.output_dir / "metrics.jsonl", self.step)
         self.log = RunLog(self.output_dir, enabled=self.info.is_main, progress=t.progress, total=t.max_steps,
                           initial=self.step)
         try:
@@ -365,3 +367,16 @@ class Trainer:
             self._log(f"final draft: {final} (load with draftsmith.load_draft)")
         barrier()
         return final
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop the records a killed run logged after the checkpoint it resumes from (they are recomputed)."""
+    import json
+
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
