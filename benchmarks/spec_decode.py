@@ -10,7 +10,8 @@ Rows:
 * a saved draft: its method's drafter (the method is read from the draft's ``draftsmith`` block);
 * ``random:<method>`` (``--random-drafts``): an untrained draft of every installed method — τ ≈ 1, so the row
   shows what drafting + verification cost when nothing is accepted;
-* ``oracle`` (``--oracle``): drafts are the target's own greedy continuation (precomputed), so τ = γ + 1 and the
+* ``oracle`` (``--oracle``): drafts are the target's own greedy continuation (precomputed), so τ = γ + 1 (less
+  only in rounds that reach EOS or the length limit, where the oracle has nothing right to propose) and the
   draft costs ~nothing: ``speedup / τ`` then measures the engine's efficiency. Issue 7's aim: on a GPU target
   >= 20× the draft's cost, speedup >= 0.7·τ.
 
