@@ -44,6 +44,7 @@ class DSparkHiddenOutput:
     markov_features: torch.Tensor | None  # (B, A, γ, r) φ, logit bias = markov_w2(φ)
     confidence_pred: torch.Tensor | None  # (B, A, γ) fp32 logits
     teacher_hidden: torch.Tensor | None  # (B, A, γ, H) target post-norm state at anchor + k
+    teacher_positions: torch.Tensor  # (B, A, γ) anchor + k (clamped): where the teacher logits come from
     target_ids: torch.Tensor  # (B, A, γ)
     prev_ids: torch.Tensor  # (B, A, γ) teacher-forced previous tokens
     eval_mask: torch.Tensor  # (B, A, γ) bool
@@ -134,17 +135,26 @@ class Qwen3DSparkModel(BlockBackboneMixin, PreTrainedModel):
         num_anchors = anchors.shape[1]
         align = align_blocks(input_ids, loss_mask, anchors, block_keep_mask, gamma, doc_ids=docs)
 
+        # Padding columns (no kept anchor in any row) never reach the loss and see only themselves: skip them
+        # in the backbone (at least one column runs, so an all-padding batch still touches every parameter)
+        kept_cols = block_keep_mask.any(0).nonzero()
+        run = max(int(kept_cols[-1]) + 1 if kept_cols.numel() else 0, 1)
+        run_anchors, run_keep = anchors[:, :run], block_keep_mask[:, :run]
+
         # block input [x_a, MASK × (γ−1)]; padding blocks are all MASK
-        noise_ids = torch.full((bsz, num_anchors, gamma), cfg.mask_token_id, dtype=torch.long, device=input_ids.device)
-        noise_ids[..., 0] = torch.where(block_keep_mask, input_ids.gather(1, anchors), noise_ids[..., 0])
-        noise = self.embed_tokens(noise_ids.view(bsz, -1))  # (B, A·γ, H)
-        positions = block_position_ids(anchors, gamma, position_ids)  # (B, A·γ): pos(a) + k
+        noise_ids = torch.full((bsz, run, gamma), cfg.mask_token_id, dtype=torch.long, device=input_ids.device)
+        noise_ids[..., 0] = torch.where(run_keep, input_ids.gather(1, run_anchors), noise_ids[..., 0])
+        noise = self.embed_tokens(noise_ids.view(bsz, -1))  # (B, run·γ, H)
+        positions = block_position_ids(run_anchors, gamma, position_ids)  # (B, run·γ): pos(a) + k
         ctx_positions = (position_ids if position_ids is not None
                          else torch.arange(seq_len, device=input_ids.device).expand(bsz, -1))  # (B, S)
-        layout = BlockLayout(anchors, gamma, seq_len, keep=block_keep_mask, document_ids=docs)
+        layout = BlockLayout(run_anchors, gamma, seq_len, keep=run_keep, document_ids=docs)
         hidden = self.backbone_forward(noise, positions, target_hidden_states.to(noise.dtype), ctx_positions,
-                                       layout.attention_mask(attention_backend))  # (B, A·γ, H)
-        hidden = hidden.view(bsz, num_anchors, gamma, -1)  # (B, A, γ, H)
+                                       layout.attention_mask(attention_backend))  # (B, run·γ, H)
+        hidden = hidden.view(bsz, run, gamma, -1)
+        if run < num_anchors:
+            hidden = torch.cat([hidden, hidden.new_zeros(bsz, num_anchors - run, gamma, hidden.shape[-1])], 1)
+        # hidden: (B, A, γ, H)
 
         phi = conf = None
         if self.markov_head is not None:
@@ -156,6 +166,7 @@ class Qwen3DSparkModel(BlockBackboneMixin, PreTrainedModel):
         if target_last_hidden_states is not None:
             teacher = gather_positions(target_last_hidden_states, align.teacher_positions)  # (B, A, γ, H)
         return DSparkHiddenOutput(hidden=hidden, markov_features=phi, confidence_pred=conf, teacher_hidden=teacher,
+                                  teacher_positions=align.teacher_positions,
                                   target_ids=align.target_ids, prev_ids=align.prev_ids, eval_mask=align.eval_mask,
                                   block_keep_mask=block_keep_mask, anchors=anchors)
 

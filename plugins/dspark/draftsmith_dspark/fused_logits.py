@@ -31,7 +31,17 @@ def _softmax_(x: torch.Tensor) -> torch.Tensor:
     return x.div_(x.sum(-1, keepdim=True))
 
 
-def _chunk_terms(h, phi, teacher_h, ids, lm_weight, w2, teacher_weight, ce_coef, l1_coef):
+def _teacher_probs(teacher_h, teacher_idx, teacher_weight):
+    """Teacher distributions of a chunk's slots. With ``teacher_idx`` the rows of ``teacher_h`` are shared
+    positions: overlapping blocks (anchors closer than γ) ask for the same target position, so each distinct
+    one is projected to the vocabulary once."""
+    if teacher_idx is None:
+        return _softmax_((teacher_h @ teacher_weight.t()).float())
+    uniq, inverse = torch.unique(teacher_idx, return_inverse=True)
+    return _softmax_((teacher_h.index_select(0, uniq) @ teacher_weight.t()).float()).index_select(0, inverse)
+
+
+def _chunk_terms(h, phi, teacher_h, teacher_idx, ids, lm_weight, w2, teacher_weight, ce_coef, l1_coef):
     """CE, argmax, ∂loss/∂logits and L1 for one chunk of n slots, with at most three (n, V) fp32 buffers live
     (probabilities, gradient, teacher/sign) — the chunk's peak memory."""
     z = _logits(h, lm_weight, phi, w2)  # (n, V) fp32
@@ -44,7 +54,7 @@ def _chunk_terms(h, phi, teacher_h, ids, lm_weight, w2, teacher_weight, ce_coef,
     grad.scatter_add_(1, ids[:, None], -ce_coef[:, None])
     l1 = None
     if teacher_h is not None:
-        diff = _softmax_((teacher_h @ teacher_weight.t()).float()).sub_(p).neg_()  # p − t
+        diff = _teacher_probs(teacher_h, teacher_idx, teacher_weight).sub_(p).neg_()  # p − t
         l1 = torch.linalg.vector_norm(diff, ord=1, dim=-1)
         sign = diff.sign_()
         dot = torch.bmm(p[:, None, :], sign[:, :, None]).squeeze(-1)  # ⟨p, s⟩ (n, 1), no temporary
@@ -54,11 +64,11 @@ def _chunk_terms(h, phi, teacher_h, ids, lm_weight, w2, teacher_weight, ce_coef,
 
 class _FusedSlotLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, phi, teacher_hidden, target_ids, lm_weight, w2, teacher_weight, ce_coef, l1_coef,
-                chunk_size):
+    def forward(ctx, hidden, phi, teacher_hidden, teacher_index, target_ids, lm_weight, w2, teacher_weight, ce_coef,
+                l1_coef, chunk_size):
         rows = hidden.shape[0]
         want_h, want_phi, want_lm, want_w2 = (ctx.needs_input_grad[0], ctx.needs_input_grad[1],
-                                              ctx.needs_input_grad[4], ctx.needs_input_grad[5])
+                                              ctx.needs_input_grad[5], ctx.needs_input_grad[6])
         grad_h = torch.zeros_like(hidden) if want_h else None
         grad_phi = torch.zeros_like(phi) if want_phi else None
         grad_lm = torch.zeros(lm_weight.shape, dtype=torch.float32, device=lm_weight.device) if want_lm else None
@@ -71,9 +81,12 @@ class _FusedSlotLoss(torch.autograd.Function):
             e = min(s + chunk_size, rows)
             h, ids = hidden[s:e], target_ids[s:e]
             p_phi = phi[s:e] if phi is not None else None
-            teacher = teacher_hidden[s:e] if l1 is not None else None
-            ce[s:e], pred[s:e], grad_z, l1_chunk = _chunk_terms(h, p_phi, teacher, ids, lm_weight, w2, teacher_weight,
-                                                                ce_coef[s:e], l1_coef[s:e])
+            teacher, t_idx = None, None
+            if l1 is not None:
+                teacher, t_idx = (teacher_hidden[s:e], None) if teacher_index is None else \
+                    (teacher_hidden, teacher_index[s:e])
+            ce[s:e], pred[s:e], grad_z, l1_chunk = _chunk_terms(h, p_phi, teacher, t_idx, ids, lm_weight, w2,
+                                                                teacher_weight, ce_coef[s:e], l1_coef[s:e])
             total += (ce_coef[s:e] * ce[s:e]).sum()
             if l1 is not None:
                 l1[s:e] = l1_chunk
@@ -100,18 +113,20 @@ class _FusedSlotLoss(torch.autograd.Function):
         lm_dtype, w2_dtype = ctx.param_dtypes  # the weight grads were accumulated in fp32
         grad_lm = grad_lm.to(lm_dtype) if grad_lm is not None else None
         grad_w2 = grad_w2.to(w2_dtype) if grad_w2 is not None else None
-        return grad_h, grad_phi, None, None, grad_lm, grad_w2, None, None, None, None
+        return grad_h, grad_phi, None, None, None, grad_lm, grad_w2, None, None, None, None
 
 
 def fused_slot_loss(hidden: torch.Tensor, target_ids: torch.Tensor, lm_weight: torch.Tensor, *,
                     phi: torch.Tensor | None = None, w2: torch.Tensor | None = None,
-                    teacher_hidden: torch.Tensor | None = None, teacher_weight: torch.Tensor | None = None,
+                    teacher_hidden: torch.Tensor | None = None, teacher_index: torch.Tensor | None = None,
+                    teacher_weight: torch.Tensor | None = None,
                     ce_coef: torch.Tensor, l1_coef: torch.Tensor | None = None, chunk_size: int = 128):
     """Weighted CE + L1 over ``M`` supervised slots, differentiable in ``hidden``, ``phi``, ``lm_weight``, ``w2``.
 
     hidden (M, H) final-normed draft states; phi (M, r) Markov features with ``w2`` (V, r); teacher_hidden
     (M, H) target post-norm states at the teacher positions with ``teacher_weight`` (V, H) (default
-    ``lm_weight``); ce_coef / l1_coef (M,) per-slot coefficients (weights already divided by the denominator).
+    ``lm_weight``) — or, with ``teacher_index`` (M,), any (N, H) states of which slot i uses row
+    ``teacher_index[i]`` (shared rows are projected once per chunk); ce_coef / l1_coef (M,) per-slot coefficients (weights already divided by the denominator).
     Returns ``(Σ c_ce·CE + c_l1·L1, CE (M,), L1 (M,) or None, argmax (M,))``; only the sum carries gradient.
     """
     if (phi is None) != (w2 is None):
@@ -124,7 +139,7 @@ def fused_slot_loss(hidden: torch.Tensor, target_ids: torch.Tensor, lm_weight: t
     if teacher_hidden is not None:
         teacher_hidden = teacher_hidden.detach()
     l1_coef = l1_coef if l1_coef is not None else torch.zeros_like(ce_coef)
-    return _FusedSlotLoss.apply(hidden, phi, teacher_hidden, target_ids, lm_weight, w2, teacher_weight,
+    return _FusedSlotLoss.apply(hidden, phi, teacher_hidden, teacher_index, target_ids, lm_weight, w2, teacher_weight,
                                 ce_coef.float().detach(), l1_coef.float().detach(), int(chunk_size))
 
 

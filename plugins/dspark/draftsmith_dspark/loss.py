@@ -171,11 +171,13 @@ def compute_dspark_loss(output: DSparkForwardOutput, *, loss_decay_gamma: float 
 def fused_dspark_loss(hidden: torch.Tensor, target_ids: torch.Tensor, eval_mask: torch.Tensor,
                       block_keep_mask: torch.Tensor, lm_weight: torch.Tensor, *, phi: torch.Tensor | None = None,
                       w2: torch.Tensor | None = None, teacher_hidden: torch.Tensor | None = None,
+                      teacher_positions: torch.Tensor | None = None,
                       teacher_weight: torch.Tensor | None = None, confidence_pred: torch.Tensor | None = None,
                       loss_decay_gamma: float | None = 4.0, ce_loss_alpha: float = 0.1, l1_loss_alpha: float = 0.9,
                       confidence_head_alpha: float = 1.0, chunk_size: int | None = None) -> DSparkLoss:
     """The same loss from hidden states: hidden (B, A, γ, H), phi (B, A, γ, r) with w2 (V, r), teacher_hidden
-    (B, A, γ, H) (the target's post-norm states at the teacher positions); only supervised slots are ever
+    (B, A, γ, H) (the target's post-norm states at the teacher positions) — or teacher_hidden (B, S, H) with
+    ``teacher_positions`` (B, A, γ), which lets overlapping blocks share teacher rows; only supervised slots are ever
     projected to the vocabulary; ``chunk_size`` slots at a time (default :func:`default_chunk_size`)."""
     needs_teacher = bool(l1_loss_alpha) or (confidence_pred is not None and bool(confidence_head_alpha))
     if needs_teacher and teacher_hidden is None:
@@ -183,10 +185,17 @@ def fused_dspark_loss(hidden: torch.Tensor, target_ids: torch.Tensor, eval_mask:
     lw = loss_weights(eval_mask, loss_decay_gamma)
     coef = lw.rows * lw.scale
     chunk_size = chunk_size or default_chunk_size(lm_weight.shape[0])
+    teacher_rows = teacher_index = None
+    if teacher_hidden is not None and teacher_positions is None:
+        teacher_rows = teacher_hidden[eval_mask]  # (M, H)
+    elif teacher_hidden is not None:
+        bsz, seq_len = teacher_hidden.shape[:2]
+        flat = teacher_positions + seq_len * torch.arange(bsz, device=teacher_positions.device).view(-1, 1, 1)
+        teacher_rows, teacher_index = teacher_hidden.reshape(bsz * seq_len, -1), flat[eval_mask]
     total, ce, l1, pred = fused_slot_loss(
         hidden[eval_mask], target_ids[eval_mask], lm_weight,
         phi=phi[eval_mask] if phi is not None else None, w2=w2,
-        teacher_hidden=teacher_hidden[eval_mask] if teacher_hidden is not None else None,
+        teacher_hidden=teacher_rows, teacher_index=teacher_index,
         teacher_weight=teacher_weight, ce_coef=ce_loss_alpha * coef,
         l1_coef=l1_loss_alpha * coef if teacher_hidden is not None else None, chunk_size=chunk_size)
     return _assemble(lw, eval_mask, block_keep_mask, vocab_total=total, ce=ce, l1=l1, pred=pred,

@@ -95,15 +95,15 @@ class DSparkObjective:
         if self.needs_teacher and features.final_hidden is None:
             raise ValueError("DSpark's TV/confidence terms need features.final_hidden (target post-norm states)")
         draft = self.draft
-        out = draft.forward_hidden(input_ids, features.stacked(draft.config.target_layer_ids), loss_mask,
-                                   features.final_hidden if self.needs_teacher else None,
+        out = draft.forward_hidden(input_ids, features.stacked(draft.config.target_layer_ids), loss_mask, None,
                                    position_ids=batch.get("position_ids"), num_anchors=self.num_anchors,
                                    generator=self._anchor_generator(), attention_backend=self.attention_backend)
         markov = draft.markov_head
         res = fused_dspark_loss(
             out.hidden, out.target_ids, out.eval_mask, out.block_keep_mask, draft.lm_head.weight,
             phi=out.markov_features, w2=markov.markov_w2.weight if markov is not None else None,
-            teacher_hidden=out.teacher_hidden, teacher_weight=self.heads.lm_head.weight,
+            teacher_hidden=features.final_hidden if self.needs_teacher else None,
+            teacher_positions=out.teacher_positions, teacher_weight=self.heads.lm_head.weight,
             confidence_pred=out.confidence_pred, loss_decay_gamma=self.loss_decay_gamma,
             ce_loss_alpha=self.ce_alpha, l1_loss_alpha=self.l1_alpha, confidence_head_alpha=self.conf_alpha,
             chunk_size=self.chunk_size)

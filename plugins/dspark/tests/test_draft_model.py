@@ -177,3 +177,35 @@ def test_inv_freq_stays_fp32_after_cast(tiny):
     ref = draft.rotary_emb.inv_freq.clone()
     draft.to(torch.bfloat16)
     assert draft.rotary_emb.inv_freq.dtype == torch.float32 and torch.equal(draft.rotary_emb.inv_freq, ref)
+
+
+def test_padding_columns_are_skipped_without_changing_results(tiny):
+    draft = tiny.make_draft(tiny.target_config())
+    batch = tiny.make_batch(batch=2, length=16)
+    th = torch.randn(2, 16, 128)
+    anchors = torch.tensor([[4, 9, 0, 0], [3, 0, 0, 0]])
+    keep = torch.tensor([[True, True, False, False], [True, False, False, False]])
+    padded = draft.forward_hidden(batch["input_ids"], th, batch["loss_mask"], anchors=anchors, block_keep_mask=keep)
+    short = draft.forward_hidden(batch["input_ids"], th, batch["loss_mask"], anchors=anchors[:, :2],
+                                 block_keep_mask=keep[:, :2])
+    assert padded.hidden.shape == (2, 4, 7, 64)
+    torch.testing.assert_close(padded.hidden[:, :2], short.hidden)
+    assert torch.count_nonzero(padded.hidden[:, 2:]) == 0 and not padded.eval_mask[:, 2:].any()
+
+
+def test_all_padding_batch_gives_a_connected_zero_loss(tiny):
+    from draftsmith.method import TargetFeatures
+    from draftsmith.target import target_heads
+    from draftsmith_dspark.objective import DSparkObjective
+
+    tc = tiny.target_config()
+    draft = tiny.make_draft(tc)
+    obj = DSparkObjective(draft, target_heads(tiny.make_target(tc)))
+    batch = tiny.make_batch(batch=1, length=10)
+    batch["loss_mask"].zero_()
+    feats = TargetFeatures(hidden_states={i: torch.randn(1, 10, 64) for i in (1, 3)},
+                           final_hidden=torch.randn(1, 10, 64))
+    out = obj(batch, feats)
+    assert out.num_tokens == 0 and float(out.loss.detach()) == 0.0
+    out.loss.backward()
+    assert draft.layers[0].mlp.up_proj.weight.grad is not None  # DDP-safe: every parameter gets a gradient

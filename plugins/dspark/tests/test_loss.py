@@ -166,6 +166,25 @@ def test_fused_slot_loss_matches_autograd(chunk):
         torch.testing.assert_close(a, x[k].grad, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("chunk", [3, 64])
+def test_shared_teacher_rows_equal_gathered_rows(chunk):
+    """teacher_index (overlapping blocks share target positions) == the gathered per-slot teacher rows."""
+    x = _fused_inputs(m=30)
+    g = torch.Generator().manual_seed(7)
+    source = torch.randn(12, 8, generator=g)
+    index = torch.randint(0, 12, (30,), generator=g)
+    common = dict(phi=x["phi"], w2=x["w2"], ce_coef=x["cce"], l1_coef=x["cl1"], chunk_size=chunk)
+    a = fused_slot_loss(x["hidden"], x["ids"], x["w"], teacher_hidden=source[index], **common)
+    (a[0]).backward()
+    ga = x["hidden"].grad.clone()
+    x["hidden"].grad = None
+    b = fused_slot_loss(x["hidden"], x["ids"], x["w"], teacher_hidden=source, teacher_index=index, **common)
+    b[0].backward()
+    torch.testing.assert_close(b[0], a[0])
+    torch.testing.assert_close(b[2], a[2])
+    torch.testing.assert_close(x["hidden"].grad, ga)
+
+
 def test_fused_slot_loss_skips_frozen_weights_and_rejects_bad_args():
     x = _fused_inputs()
     w = x["w"].detach()
