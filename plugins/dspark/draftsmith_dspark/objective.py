@@ -44,6 +44,9 @@ class DSparkObjective:
                                   f"({getattr(cfg, key)!r}); set it as a draft option")
         if int(heads.vocab_size) != int(cfg.vocab_size):
             raise ConfigError(f"target vocab {heads.vocab_size} != draft vocab {cfg.vocab_size}")
+        if cfg.mask_token_id == heads.pad_token_id or cfg.mask_token_id in heads.eos_token_ids:
+            raise ConfigError(f"mask_token_id {cfg.mask_token_id} is the target's pad or an eos id "
+                              f"(pad {heads.pad_token_id}, eos {list(heads.eos_token_ids)}); use a reserved id")
         opts = {k: options.get(k, v) for k, v in OBJECTIVE_DEFAULTS.items()}
         self.draft, self.heads = draft, heads
         self.loss_decay_gamma = opts["loss_decay_gamma"]

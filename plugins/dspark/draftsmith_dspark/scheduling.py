@@ -99,7 +99,6 @@ def expected_calibration_error(predicted: torch.Tensor, observed: torch.Tensor, 
     if p.numel() == 0:
         return 0.0
     bins = (p * n_bins).long().clamp(0, n_bins - 1)
-    count = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, bins, torch.ones_like(p))
     gap = (torch.zeros(n_bins, dtype=torch.float64).index_add_(0, bins, p)
            - torch.zeros(n_bins, dtype=torch.float64).index_add_(0, bins, o)).abs()
     return float(gap.sum() / p.numel())  # Σ_b |Σp − Σo| / N = Σ_b (n_b/N)·|p̄_b − ō_b|

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from draftsmith.target import run_target, target_heads
+from draftsmith.target import run_target
 from draftsmith_dspark.common import (align_blocks, anchor_candidates, document_ids, sample_anchors,
                                       slot_decay_weights)
 from draftsmith_dspark.loss import loss_weights

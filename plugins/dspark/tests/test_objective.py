@@ -118,6 +118,10 @@ def test_options(tiny, setup):
     with pytest.raises(ConfigError, match="loss weights"):
         _objective(tiny, tc, heads, ce_loss_alpha=0.0, l1_loss_alpha=0.0)
     draft = tiny.make_draft(tc)
+    import dataclasses
+
+    with pytest.raises(ConfigError, match="eos"):  # the heads may know eos ids the config did not
+        DSparkObjective(draft, dataclasses.replace(heads, eos_token_ids=(2, tiny.MASK_ID)))
     small = target_heads(tiny.make_target(tiny.target_config(vocab_size=64)))
     with pytest.raises(ConfigError, match="vocab"):
         DSparkObjective(draft, small)
