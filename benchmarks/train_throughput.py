@@ -75,9 +75,9 @@ def time_mode(config, device: torch.device, steps: int, warmup: int) -> dict:
     tokens = 0
     for step in range(warmup + steps):
         idx = [(step * bs + j) % len(dataset) for j in range(bs)]
-        raw = collate([dataset[i] for i in idx], setup.heads.pad_token_id or 0)  # loading counts as feature time
         sync(device)
         t0 = time.perf_counter()
+        raw = collate([dataset[i] for i in idx], setup.heads.pad_token_id or 0)  # reading the cache: feature time
         batch = move_batch(raw, device)
         feats = source(raw if setup.cache is not None else batch)
         sync(device)

@@ -9,7 +9,8 @@
 * ``launcher(tmp)``: a script that registers the toy method and runs the draftsmith CLI (for subprocesses and
   torchrun).
 
-Other test files load this module with :func:`load` (it is also collected by pytest, harmlessly).
+Other test files import it by path under the fixed name ``draftsmith_train_support`` (their ``support()``), so the
+toy classes have one import path; pytest also collects it, harmlessly.
 """
 
 from __future__ import annotations
