@@ -106,10 +106,12 @@ def test_yaml_then_flags_then_set(tmp_path):
     path.write_text("method: dflash\ntrain:\n  lr: 3e-4\n  max_steps: 10\ndata:\n  seq_len: 128\n"
                     "draft:\n  block_size: 8\n")
     args = build_parser().parse_args(["train", str(path), "--max-steps", "20", "--set", "train.max_steps=30",
-                                      "--set", "draft.mask_token_id=5", "--seq-len", "64", "--data", "a.jsonl"])
+                                      "--set", "draft.mask_token_id=5", "--seq-len", "64", "--data", "a.jsonl",
+                                      "--on-bad-data", "skip"])
     cfg = config_from_args(args)
     assert cfg.method == "dflash" and cfg.train.lr == 3e-4  # YAML 1.1 "3e-4" is a string: coerced
     assert cfg.train.max_steps == 30 and cfg.data.seq_len == 64 and cfg.data.train == ["a.jsonl"]
+    assert cfg.data.on_bad_data == "skip"
     assert cfg.draft == {"block_size": 8, "mask_token_id": 5}
     assert cfg.train.betas == [0.9, 0.95] and cfg.distributed.strategy == "ddp"
 

@@ -20,6 +20,7 @@ FLAG_KEYS = {
     "data": "data.train",
     "eval_data": "data.eval",
     "chat_template": "data.chat_template",
+    "on_bad_data": "data.on_bad_data",
     "output_dir": "train.output_dir",
     "max_steps": "train.max_steps",
     "seq_len": "data.seq_len",
@@ -42,6 +43,8 @@ def add_common_arguments(parser) -> None:
     parser.add_argument("--chat-template", help="Jinja chat template file overriding the tokenizer's "
                                                 "(data.chat_template)")
     parser.add_argument("--seq-len", type=int, help="truncate samples to N tokens (data.seq_len)")
+    parser.add_argument("--on-bad-data", choices=("error", "skip"),
+                        help="malformed data lines: stop with file:line, or skip and count them (data.on_bad_data)")
 
 
 def add_arguments(parser) -> None:
