@@ -57,7 +57,8 @@ def _chunk_terms(h, phi, teacher_h, teacher_idx, ids, lm_weight, w2, teacher_wei
         diff = _teacher_probs(teacher_h, teacher_idx, teacher_weight).sub_(p).neg_()  # p − t
         l1 = torch.linalg.vector_norm(diff, ord=1, dim=-1)
         sign = diff.sign_()
-        dot = torch.bmm(p[:, None, :], sign[:, :, None]).squeeze(-1)  # ⟨p, s⟩ (n, 1), no temporary
+        with torch.autocast(p.device.type, enabled=False):  # an fp32 reduction over V, not a bf16 GEMM
+            dot = torch.bmm(p[:, None, :], sign[:, :, None]).squeeze(-1)  # ⟨p, s⟩ (n, 1), no temporary
         grad.add_(sign.sub_(dot).mul_(p).mul_(l1_coef[:, None]))  # ... + c_l1·p⊙(s − ⟨p, s⟩)
     return ce, pred, grad, l1
 

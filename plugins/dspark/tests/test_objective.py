@@ -78,6 +78,20 @@ def test_fused_objective_equals_reference_loss(tiny, setup, kind):
         torch.testing.assert_close(g, dict(draft.named_parameters())[name].grad, rtol=1e-4, atol=1e-6)
 
 
+def test_bf16_autocast_step_tracks_fp32(tiny, setup):
+    tc, target, heads = setup
+    draft, obj = _objective(tiny, tc, heads)
+    batch = tiny.make_batch(batch=2, length=20)
+    feats = _features(target, obj, batch)
+    ref = obj(batch, feats)
+    obj.load_state_dict({"calls": 0})
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = obj(batch, feats)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and float(out.loss.detach()) == pytest.approx(float(ref.loss.detach()), rel=0.05)
+    assert all(torch.isfinite(p.grad).all() for p in draft.parameters() if p.grad is not None)
+
+
 def test_padding_is_never_anchored_or_supervised(tiny, setup):
     tc, target, heads = setup
     draft, obj = _objective(tiny, tc, heads, num_anchors=40)
