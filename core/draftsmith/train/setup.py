@@ -148,8 +148,7 @@ def load_split_samples(files: list[str], config: RunConfig, tokenizer: LazyToken
                        template: str | None, max_samples: int = 0) -> tuple[list[Any], Any]:
     from ..data.samples import load_samples
 
-    tok = tokenizer.get() if tokenizer._tok is not None else _LazyProxy(tokenizer)
-    return load_samples(files, tok, seq_len=config.data.seq_len, on_bad_data=config.data.on_bad_data,
+    return load_samples(files, _LazyProxy(tokenizer), seq_len=config.data.seq_len, on_bad_data=config.data.on_bad_data,
                         vocab_size=vocab_size, chat_template=template, max_samples=max_samples)
 
 
