@@ -39,7 +39,7 @@ class BlockAlignment:
     eval_mask: torch.Tensor  # bool
 
 
-def document_ids(position_ids: torch.Tensor | None, shape: torch.Size, device: torch.device) -> torch.Tensor | None:
+def document_ids(position_ids: torch.Tensor | None) -> torch.Tensor | None:
     """Packed-sequence document index per token, from position ids that restart at 0 at each document start
     (None when the batch is not packed: plain ``arange`` positions are a single document)."""
     if position_ids is None:

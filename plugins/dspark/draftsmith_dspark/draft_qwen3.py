@@ -25,6 +25,7 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 
 from draftsmith.checkpoint import draft_metadata
+from draftsmith.errors import ConfigError
 from draftsmith.nn.block_attention import BlockBackboneMixin, BlockLayout, block_position_ids
 
 from .common import (DSparkForwardOutput, align_blocks, copy_full_tensor, document_ids, gather_positions,
@@ -62,7 +63,7 @@ class Qwen3DSparkModel(BlockBackboneMixin, PreTrainedModel):
     def __init__(self, config: Qwen3DSparkConfig) -> None:
         super().__init__(config)
         if config.mask_token_id is None or not config.target_layer_ids:
-            raise ValueError("Qwen3DSparkModel needs mask_token_id and target_layer_ids; build the config with "
+            raise ConfigError("Qwen3DSparkModel needs mask_token_id and target_layer_ids; build the config with "
                              "Qwen3DSparkModel.build_draft_config(target_config, mask_token_id=...)")
         self._init_block_backbone(config, num_context_layers=len(config.target_layer_ids))
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
@@ -126,7 +127,7 @@ class Qwen3DSparkModel(BlockBackboneMixin, PreTrainedModel):
         cfg = self.config
         bsz, seq_len = input_ids.shape
         gamma = cfg.block_size
-        docs = document_ids(position_ids, input_ids.shape, input_ids.device)
+        docs = document_ids(position_ids)
         if anchors is None:
             anchors, block_keep_mask = sample_anchors(loss_mask, num_anchors or cfg.num_anchors, doc_ids=docs,
                                                       generator=generator)

@@ -124,9 +124,9 @@ def draft_target_request(draft):
 
 def test_packed_documents_bound_anchors_and_supervision():
     pos = torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 5]])
-    docs = document_ids(pos, pos.shape, pos.device)
+    docs = document_ids(pos)
     assert docs.tolist() == [[1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2]]
-    assert document_ids(torch.arange(11)[None], (1, 11), "cpu") is None
+    assert document_ids(torch.arange(11)[None]) is None
     lm = torch.ones_like(pos)
     cand = anchor_candidates(lm, docs)
     assert cand[0, 4].item() is False and cand[0, :4].all() and cand[0, 5:].all()

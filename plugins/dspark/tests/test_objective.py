@@ -78,6 +78,22 @@ def test_fused_objective_equals_reference_loss(tiny, setup, kind):
         torch.testing.assert_close(g, dict(draft.named_parameters())[name].grad, rtol=1e-4, atol=1e-6)
 
 
+def test_deepspec_dflash_baseline_configuration(tiny, setup):
+    """DeepSpec's "DFlash" baseline is this code with markov_rank=0, no confidence head, CE only."""
+    tc, target, heads = setup
+    draft = tiny.make_draft(tc, markov_rank=0, confidence_head_alpha=0.0)
+    assert draft.markov_head is None and draft.confidence_head is None
+    obj = DSparkObjective(draft, heads, ce_loss_alpha=1.0, l1_loss_alpha=0.0, confidence_head_alpha=0.0,
+                          num_anchors=6)
+    assert not obj.target_request().final_hidden
+    batch = tiny.make_batch(batch=1, length=16)
+    feats = TargetFeatures(hidden_states={i: torch.randn(1, 16, 64) for i in (1, 3)})
+    out = obj(batch, feats)
+    out.loss.backward()
+    torch.testing.assert_close(out.loss.detach(), out.metrics["ce_loss"])
+    assert "tv_loss" not in out.metrics and "tau_sim" in out.metrics
+
+
 def test_bf16_autocast_step_tracks_fp32(tiny, setup):
     tc, target, heads = setup
     draft, obj = _objective(tiny, tc, heads)
