@@ -168,8 +168,9 @@ def test_toy_training_learns_evaluates_and_saves_a_loadable_draft(tmp_path, worl
     for k, v in loaded.state_dict().items():
         torch.testing.assert_close(v, weights(ckpt.latest_checkpoint(tmp_path / "run") / "draft")[k])
     # prepare() got the supervised-token counts, cached beside the run, and its effect was saved
-    counts = __import__("safetensors.torch", fromlist=["load_file"]).load_file(
-        str(tmp_path / "run" / "token_counts.safetensors"))["counts"]
+    from safetensors.torch import load_file
+
+    counts = load_file(str(tmp_path / "run" / "token_counts.safetensors"))["counts"]
     assert counts.sum() > 0 and counts.numel() == 128
     assert loaded.token_prior.abs().sum() > 0
     assert (tmp_path / "run" / "config.yaml").is_file()

@@ -64,7 +64,9 @@ def test_method_trains_and_its_draft_loads(tmp_path, world, method, arch):
     assert T.finite(result.eval_metrics["loss"]) and result.eval_metrics["tokens"] > 0
     loaded = draftsmith.load_draft(result.final_dir)
     assert type(loaded) is draftsmith.resolve_draft_spec(method, _archs(world[arch])).load_draft_cls()
-    saved = __import__("safetensors.torch", fromlist=["load_file"]).load_file(str(result.final_dir / "model.safetensors"))
+    from safetensors.torch import load_file
+
+    saved = load_file(str(result.final_dir / "model.safetensors"))
     state = loaded.state_dict()
     for key, value in saved.items():
         torch.testing.assert_close(state[key], value)

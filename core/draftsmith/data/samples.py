@@ -54,7 +54,8 @@ class DataReport:
         parts = [f"{self.samples} samples from {self.read.lines} lines in {self.read.files} file(s)",
                  f"{self.tokens} tokens, {self.supervised_tokens} supervised ({frac:.1%})"]
         if self.mask_mode:
-            parts.append(f"assistant mask from {'generation tags' if self.mask_mode == 'generation' else 'prefix re-rendering'}")
+            source = "generation tags" if self.mask_mode == "generation" else "prefix re-rendering"
+            parts.append(f"assistant mask from {source}")
         dropped = []
         if self.read.bad_lines:
             dropped.append(f"{self.read.bad_lines} malformed skipped")

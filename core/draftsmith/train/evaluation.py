@@ -2,10 +2,10 @@
 
 Every metric an objective reports is averaged over the split weighted by its ``num_tokens`` (summed over
 data-parallel ranks). The loss is the mean of the per-batch losses over batches and ranks — exactly the quantity
-data-parallel training optimises, whichever normalisation (local or global denominators) the method uses. When the objective
-provides ``acceptance_lengths`` and :mod:`draftsmith.decode.estimate` is available, ``tau_replay`` is the
-acceptance length greedy speculative decoding would reach on these sequences — exact when the held-out data are
-the target's own greedy output (``draftsmith regenerate``).
+data-parallel training optimises, whichever normalisation (local or global denominators) the method uses.
+When the objective provides ``acceptance_lengths`` and :mod:`draftsmith.decode.estimate` is available,
+``tau_replay`` is the acceptance length greedy speculative decoding would reach on these sequences — exact when
+the held-out data are the target's own greedy output (``draftsmith regenerate``).
 """
 
 from __future__ import annotations
