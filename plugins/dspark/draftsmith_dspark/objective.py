@@ -4,6 +4,9 @@ Per micro-batch: sample up to ``num_anchors`` blocks per sequence, run the draft
 (:meth:`Qwen3DSparkModel.forward_hidden`), and score the supervised slots with the fused chunked loss —
 ``0.1·CE + 0.9·L1 + 1.0·BCE(confidence)`` with ``exp(−k/γ_d)`` slot weights and global DP denominators. The
 teacher for slot k is the target's distribution at ``anchor + k``: ``heads.lm_head(final_hidden)`` there.
+
+:meth:`DSparkObjective.acceptance_lengths` (the optional Objective method): every position as an anchor, the
+greedy drafts of each block scored against the batch's tokens (for core's exact greedy trajectory replay).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from draftsmith.errors import ConfigError
 from draftsmith.method import ObjectiveOutput, TargetFeatures, TargetHeads, TargetRequest
 from draftsmith.nn.block_attention import ATTENTION_BACKENDS
 
+from .common import anchor_candidates, document_ids
 from .config import DRAFT_OPTIONS
 from .loss import OBJECTIVE_DEFAULTS, default_chunk_size, fused_dspark_loss
 
@@ -111,3 +115,54 @@ class DSparkObjective:
             ce_loss_alpha=self.ce_alpha, l1_loss_alpha=self.l1_alpha, confidence_head_alpha=self.conf_alpha,
             chunk_size=self.chunk_size)
         return ObjectiveOutput(loss=res.loss, metrics=res.metrics, num_tokens=res.num_tokens)
+
+    # -- acceptance lengths for core's greedy trajectory replay --------------------------------------------------
+    @torch.no_grad()
+    def acceptance_lengths(self, batch: Mapping[str, torch.Tensor], features: TargetFeatures) -> torch.Tensor:
+        """``(B, T)`` long: for every usable anchor ``a`` (a real token whose next token is real and, packed, in
+        the same document), how many of the γ greedy drafts of the block ``[x_a, MASK × (γ−1)]`` equal
+        ``x_{a+1}, x_{a+2}, …`` in a row (stopping at the first miss and at the row's / document's end); −1
+        elsewhere.
+
+        Greedy drafting (:func:`~draftsmith_dspark.drafting.markov_decode` at T = 0) draws slot k as
+        ``argmax(U_k + W2·φ(prev))`` with ``prev`` the previously *drafted* token. On the leading run of
+        correct drafts the drafted tokens are exactly the data tokens, so the teacher-forced forward (prev =
+        data token) gives the same argmaxes there and its leading-correct count is the greedy count. Every
+        position is an anchor; the forward runs ``num_anchors`` blocks at a time. A drafter confidence
+        threshold (a decoding option, unknown here) is not applied: the counts are those of full-γ proposals."""
+        input_ids = batch["input_ids"]
+        b, t = input_ids.shape
+        device = input_ids.device
+        attention_mask = batch.get("attention_mask")
+        real = (attention_mask.bool() if attention_mask is not None
+                else torch.ones_like(input_ids, dtype=torch.bool))
+        out = torch.full((b, t), -1, dtype=torch.long, device=device)
+        if t < 2:
+            return out
+        position_ids = batch.get("position_ids")
+        docs = document_ids(position_ids)
+        usable = torch.zeros_like(real)
+        usable[:, :-1] = anchor_candidates(real, docs)  # real anchor with a real next token (same document)
+        draft = self.draft
+        context = features.stacked(draft.config.target_layer_ids)  # (B, T, m·H)
+        gamma, vocab = int(draft.config.block_size), int(draft.config.vocab_size)
+        # slots whose logits are materialised at once (bounds the (.., γ, V) logits at large vocabularies)
+        slice_anchors = max(1, (1 << 26) // max(1, b * gamma * vocab))
+        positions = torch.arange(t, device=device)
+        width = self.num_anchors
+        for start in range(0, t - 1, width):  # the last position is never usable
+            anchors = positions[start:start + width].expand(b, -1).contiguous()  # (B, n)
+            keep = usable[:, start:start + width].contiguous()
+            if not keep.any():
+                continue
+            fwd = draft.forward_hidden(input_ids, context, real, None, position_ids=position_ids, anchors=anchors,
+                                       block_keep_mask=keep, attention_backend=self.attention_backend)
+            counts = torch.zeros_like(anchors)
+            for s in range(0, anchors.shape[1], slice_anchors):
+                sl = slice(s, s + slice_anchors)
+                phi = fwd.markov_features[:, sl] if fwd.markov_features is not None else None
+                pred = draft.compute_logits(fwd.hidden[:, sl], phi).argmax(dim=-1)  # (B, n', γ)
+                hit = (pred == fwd.target_ids[:, sl]) & fwd.eval_mask[:, sl]  # eval_mask: a prefix per block
+                counts[:, sl] = torch.cumprod(hit.to(torch.long), dim=-1).sum(dim=-1)
+            out[:, start:start + width] = torch.where(keep, counts, torch.full_like(counts, -1))
+        return out
