@@ -45,13 +45,14 @@ REPO = Path(__file__).resolve().parent.parent
 # ----------------------------------------------------------------------------------------------------------
 
 # Directories that are tests, vendored data, build artefacts or machine-specific: not "library text".
-SKIP_DIRS = {
-    "test", "tests", "idle_test", "site-packages", "__pycache__", "lib-dynload", "ensurepip",
-    "encodings",  # codec tables: huge, repetitive, not useful prose or code
-    "pydoc_data",  # one generated 700 kB string literal
-    "turtledemo", "__phello__",
+SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "__pycache__", "lib-dynload"}
+# Top-level modules left out to keep the corpus small enough for several epochs in the CPU budget: GUI
+# and IDE code, deprecated packaging tools, pure-Python twins of C modules, codec tables, generated data.
+SKIP_TOP_LEVEL = {
+    "idlelib", "tkinter", "turtle", "turtledemo", "distutils", "lib2to3", "ensurepip",
+    "_pydecimal", "_pyio", "encodings", "pydoc_data", "__phello__", "__hello__", "this", "antigravity",
 }
-SKIP_FILE_PREFIXES = ("_sysconfigdata", "__hello__", "this.py", "antigravity.py")
+SKIP_FILE_PREFIXES = ("_sysconfigdata",)  # build-specific paths and flags
 
 # Top-level modules held out of *all* training (tokenizer and model): held-out prompts and the held-out
 # perplexity come from these, so they measure generalisation to unseen library code, not recall.
@@ -89,8 +90,8 @@ MODULE_TEMPLATES = (
     "Describe the Python module `{mod}`.",
 )
 
-MAX_CODE_LINES = 40  # longer functions are skipped: a 5 M-parameter model cannot reproduce them anyway
-MAX_CODE_CHARS = 1600
+MAX_CODE_LINES = 24  # longer functions are skipped: a 5 M-parameter model cannot reproduce them anyway
+MAX_CODE_CHARS = 900
 MAX_DOC_CHARS = 900
 
 
@@ -114,6 +115,8 @@ def stdlib_files(stdlib: Path) -> list[tuple[str, Path]]:
         if rel.name.startswith(SKIP_FILE_PREFIXES):
             continue
         parts = list(rel.with_suffix("").parts)
+        if parts[0] in SKIP_TOP_LEVEL:
+            continue
         if parts[-1] == "__init__":
             parts.pop()
         out.append((".".join(parts), path))
@@ -186,11 +189,11 @@ def _methods_line(item: Item, items_by_class: dict[tuple[str, str], list[str]]) 
     return ("\n\nMethods: " + ", ".join(f"`{m}`" for m in names[:12]) + ".") if names else ""
 
 
-def build_samples(items: list[Item], rng: random.Random) -> list[dict]:
+def build_samples(items: list[Item], seed: int) -> list[dict]:
     """Turn items into chat samples ``{"mod", "task", "messages"}``; one sample per (item, task).
 
-    Each sample draws its prompt template and whether it has a system prompt from ``rng`` so the result
-    depends only on the seed and the (sorted) item list.
+    Each sample draws its prompt template and optional system prompt from an RNG seeded by its own name, so
+    a function added or changed in another CPython patch release does not reshuffle every other sample.
     """
     methods: dict[tuple[str, str], list[str]] = {}
     for it in items:
@@ -203,25 +206,391 @@ def build_samples(items: list[Item], rng: random.Random) -> list[dict]:
         q = f"{it.mod}.{it.qual}" if it.qual else it.mod
         # methods are named with their class ("Fraction.limit_denominator") so the request is unambiguous
         fields = dict(q=q, mod=it.mod, name=it.qual or it.mod, kind=it.kind)
-        tasks = []  # (task name, user prompt, assistant answer)
+        tasks = []  # (task name, templates, assistant answer)
         if it.kind in ("function", "method"):
             if it.doc:
                 cls = it.qual.rpartition(".")[0]
-                answer = f"`{it.mod}.{cls + '.' if cls else ''}{it.signature}`\n\n{it.doc}"
-                tasks.append(("explain", rng.choice(EXPLAIN_TEMPLATES), answer))
+                tasks.append(("explain", EXPLAIN_TEMPLATES,
+                              f"`{it.mod}.{cls + '.' if cls else ''}{it.signature}`\n\n{it.doc}"))
             n_lines = it.source.count("\n") + 1
             if n_lines <= MAX_CODE_LINES and len(it.source) <= MAX_CODE_CHARS:
-                tasks.append(("code", rng.choice(CODE_TEMPLATES), f"```python\n{it.source}\n```"))
+                tasks.append(("code", CODE_TEMPLATES, f"```python\n{it.source}\n```"))
         elif it.kind == "class" and it.doc:
-            answer = f"`{it.signature}` in `{it.mod}`\n\n{it.doc}{_methods_line(it, methods)}"
-            tasks.append(("class", rng.choice(CLASS_TEMPLATES), answer))
+            tasks.append(("class", CLASS_TEMPLATES,
+                          f"`{it.signature}` in `{it.mod}`\n\n{it.doc}{_methods_line(it, methods)}"))
         elif it.kind == "module" and it.doc:
-            tasks.append(("module", rng.choice(MODULE_TEMPLATES), it.doc))
-        for task, template, answer in tasks:
+            tasks.append(("module", MODULE_TEMPLATES, it.doc))
+        for task, templates, answer in tasks:
+            rng = random.Random(f"{seed}:{q}:{task}")  # str seeds are hashed with SHA-512: stable everywhere
             messages = []
             if rng.random() < 0.5:
                 messages.append({"role": "system", "content": rng.choice(SYSTEM_PROMPTS)})
-            messages.append({"role": "user", "content": template.format(**fields)})
+            messages.append({"role": "user", "content": rng.choice(templates).format(**fields)})
             messages.append({"role": "assistant", "content": answer})
             samples.append({"mod": it.mod, "task": task, "messages": messages})
     return samples
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Tokenizer
+# ----------------------------------------------------------------------------------------------------------
+
+PAD, IM_START, IM_END, MASK = "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|mask|>"
+# Order fixes the ids 0..3.  <|mask|> never occurs in any training text: DFlash/DSpark drafts need a
+# reserved id that is neither pad nor eos for their masked positions.
+SPECIAL_TOKENS = [PAD, IM_START, IM_END, MASK]
+
+# Qwen2/GPT-4 style pre-tokenisation: letters, single digits, punctuation runs, newline runs and runs of
+# spaces (so code indentation becomes a few whole tokens) are split before byte-level BPE.
+PRETOKENIZE_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+# ChatML as in Qwen, without tools/thinking.  {% generation %} marks the assistant answer *including* its
+# <|im_end|> (the model must learn to stop), which `return_assistant_tokens_mask=True` turns into a mask.
+CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{%- if message['role'] == 'assistant' %}"
+    "{{- '<|im_start|>assistant\\n' }}"
+    "{%- generation %}{{- message['content'] + '<|im_end|>' }}{%- endgeneration %}"
+    "{{- '\\n' }}"
+    "{%- else %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
+def train_tokenizer(texts: list[str], vocab_size: int):
+    """Byte-level BPE trained on ``texts``; returns a ``transformers`` fast tokenizer with the chat template."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)  # keeps char offsets exact (assistant mask)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # every byte encodable: no <unk> ever
+        min_frequency=2,
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    assert tok.get_vocab_size() == vocab_size, "corpus too small for the requested vocabulary"
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=None,  # like Qwen: prompts start with <|im_start|>, no BOS is prepended
+        eos_token=IM_END,
+        pad_token=PAD,
+        mask_token=MASK,
+        chat_template=CHAT_TEMPLATE,
+        model_max_length=1024,
+        clean_up_tokenization_spaces=False,  # never "fix" spaces in decoded code
+    )
+
+
+def tokenizer_texts(samples: list[dict]) -> list[str]:
+    """What BPE is trained on: each message as ``role\\ncontent`` (special tokens are never merged)."""
+    return [f"{m['role']}\n{m['content']}" for s in samples for m in s["messages"]]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Model and training
+# ----------------------------------------------------------------------------------------------------------
+
+
+def make_config(tokenizer):
+    """5.6 M parameters: the largest round shape whose bf16 weights stay under the 12 MB budget
+    (2 x 1.05 M for the untied embedding and lm_head, 0.59 M per decoder layer)."""
+    from transformers import Qwen3Config
+
+    return Qwen3Config(
+        vocab_size=len(tokenizer),
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=6,  # deep enough for EAGLE-3 / DFlash to pick low, middle and high feature layers
+        num_attention_heads=4,
+        num_key_value_heads=2,  # GQA, as in the real Qwen3 family
+        head_dim=64,
+        max_position_embeddings=1024,
+        rope_theta=10000.0,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=False,  # drafts reuse the target's lm_head as a separate matrix
+        bos_token_id=tokenizer.pad_token_id,  # Qwen convention: bos = <|endoftext|>, never prepended
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        use_cache=True,
+    )
+
+
+def encode_samples(tokenizer, samples: list[dict]) -> list[list[int]]:
+    texts = [tokenizer.apply_chat_template(s["messages"], tokenize=False) for s in samples]
+    return [e.ids for e in tokenizer.backend_tokenizer.encode_batch(texts)]
+
+
+def packed_batches(encoded: list[list[int]], seq_len: int, batch_size: int, rng: random.Random):
+    """Endless stream of ``[batch_size, seq_len]`` token blocks: each pass reshuffles the samples and
+    concatenates them (GPT-style packing), so no compute is spent on padding."""
+    import torch
+
+    block = seq_len * batch_size
+    buf: list[int] = []
+    while True:
+        order = list(range(len(encoded)))
+        rng.shuffle(order)
+        for i in order:
+            buf.extend(encoded[i])
+            while len(buf) >= block:
+                yield torch.tensor(buf[:block]).view(batch_size, seq_len)
+                del buf[:block]
+
+
+def lr_at(step: int, args) -> float:
+    """Linear warm-up, then cosine decay to 10 % of the peak."""
+    if step < args.warmup:
+        return args.lr * (step + 1) / args.warmup
+    frac = (step - args.warmup) / max(1, args.steps - args.warmup)
+    return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def train(model, encoded: list[list[int]], args) -> dict:
+    import torch
+
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]  # norms: decaying them only hurts
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.lr, betas=(0.9, 0.95), eps=1e-8,
+    )
+    batches = packed_batches(encoded, args.seq_len, args.batch_size, random.Random(args.seed))
+    # bf16 autocast roughly doubles CPU throughput where the CPU has bf16 instructions; master weights and
+    # optimizer state stay fp32.
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16")
+    model.train()
+    start, cpu_start, ema, log = time.time(), time.process_time(), None, []
+    for step in range(args.steps):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, args)
+        x = next(batches)
+        with autocast:
+            loss = model(input_ids=x, labels=x).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        if step % 50 == 0 or step == args.steps - 1:
+            elapsed = time.time() - start
+            tok_s = (step + 1) * x.numel() / elapsed
+            print(f"step {step:5d}  loss {loss.item():.3f}  (ema {ema:.3f})  lr {lr_at(step, args):.2e}  "
+                  f"{tok_s:,.0f} tok/s  {elapsed / 60:.1f} min", flush=True)
+            log.append({"step": step, "loss": round(loss.item(), 4), "ema": round(ema, 4)})
+    # CPU seconds are reported too: on a shared machine wall time mostly measures the neighbours.
+    return {"seconds": time.time() - start, "cpu_seconds": time.process_time() - cpu_start,
+            "tokens": args.steps * args.batch_size * args.seq_len,
+            "final_loss_ema": ema, "log": log}
+
+
+def assistant_nll(model, tokenizer, samples: list[dict]) -> tuple[float, int]:
+    """Summed NLL and count of the assistant tokens (answer + <|im_end|>) of ``samples``, one at a time."""
+    import torch
+
+    total, count = 0.0, 0
+    model.eval()
+    with torch.no_grad():
+        for s in samples:
+            enc = tokenizer.apply_chat_template(s["messages"], tokenize=True, return_dict=True,
+                                                return_assistant_tokens_mask=True)
+            ids = torch.tensor([enc["input_ids"]])
+            mask = torch.tensor(enc["assistant_masks"][1:], dtype=torch.bool)  # positions that are predicted
+            logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), dim=-1)
+            nll = -logp.gather(1, ids[0, 1:, None])[:, 0]
+            total += nll[mask].sum().item()
+            count += int(mask.sum())
+    return total, count
+
+
+def greedy_answer(model, tokenizer, messages: list[dict], max_new_tokens: int = 120) -> str:
+    import torch
+
+    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                           return_dict=True)
+    with torch.no_grad():
+        out = model.generate(**prompt, max_new_tokens=max_new_tokens, do_sample=False)
+    return tokenizer.decode(out[0, prompt["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Outputs
+# ----------------------------------------------------------------------------------------------------------
+
+# Held-out showcase prompts (their modules are never trained on); also used in the README.
+SHOWCASE_PROMPTS = (
+    "What does `textwrap.dedent` do?",
+    "Write the function `quote` from module `shlex`.",
+    "What does `statistics.median` do?",
+)
+
+LICENSE_NOTE = """\
+The {what} in this directory {verb} derived from the source code of the Python {pyver} standard library
+(files under `sysconfig.get_paths()["stdlib"]`, tests and data tables excluded), which is
+Copyright (c) 2001-2023 Python Software Foundation; All Rights Reserved, and is distributed under
+the Python Software Foundation License Version 2 (full text: LICENSE-PSF.txt, copied verbatim from
+the CPython installation).
+
+Summary of the changes (PSF licence, clause 3): docstrings and the source of functions, methods,
+classes and modules were extracted with `ast` and reformatted as chat question/answer samples
+by scripts/make_tiny_target.py{extra}.
+"""
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def prompt_only(sample: dict) -> dict:
+    return {"messages": [m for m in sample["messages"] if m["role"] != "assistant"]}
+
+
+def write_licenses(stdlib: Path, out_dir: Path, data_dir: Path) -> None:
+    pyver = ".".join(map(str, sys.version_info[:3]))
+    for d, what, verb, extra in (
+        (out_dir, "model weights and tokenizer", "are",
+         "; the tokenizer and the model were then trained on those samples"),
+        (data_dir, "prompt files (prompts-*.jsonl)", "are", ""),
+    ):
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "LICENSE").write_text(LICENSE_NOTE.format(what=what, verb=verb, pyver=pyver, extra=extra))
+        if (stdlib / "LICENSE.txt").is_file():
+            shutil.copyfile(stdlib / "LICENSE.txt", d / "LICENSE-PSF.txt")
+        else:
+            print(f"warning: {stdlib / 'LICENSE.txt'} missing; keeping any existing LICENSE-PSF.txt")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out-dir", type=Path, default=REPO / "examples" / "tiny-target")
+    p.add_argument("--data-dir", type=Path, default=REPO / "examples" / "data")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--vocab-size", type=int, default=4096)
+    p.add_argument("--steps", type=int, default=1400)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--seq-len", type=int, default=1024)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16",
+                   help="autocast dtype for training matmuls (use fp32 on CPUs without bf16 support)")
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--n-train-prompts", type=int, default=3000)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    import torch
+    import transformers
+    from transformers import GenerationConfig, Qwen3ForCausalLM
+
+    t0 = time.time()
+    torch.set_num_threads(args.threads)
+    random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+
+    # 1-2. corpus -> chat samples, split by module
+    items = collect_items(stdlib)
+    samples = build_samples(items, args.seed)
+    train_samples = [s for s in samples if not is_heldout(s["mod"])]
+    heldout_samples = [s for s in samples if is_heldout(s["mod"])]
+    corpus_sha = hashlib.sha256(json.dumps(train_samples, sort_keys=True).encode()).hexdigest()
+    print(f"{len(items)} items from {stdlib} -> {len(train_samples)} train / {len(heldout_samples)} held-out "
+          f"samples; corpus sha256 {corpus_sha[:16]}")
+
+    # 3. tokenizer (trained on the training split only)
+    tokenizer = train_tokenizer(tokenizer_texts(train_samples), args.vocab_size)
+    encoded = encode_samples(tokenizer, train_samples)
+    assert not any(tokenizer.mask_token_id in ids for ids in encoded), "<|mask|> must stay unseen"
+    epoch_tokens = sum(map(len, encoded))
+    print(f"tokenizer: {len(tokenizer)} tokens; one epoch = {epoch_tokens:,} tokens; "
+          f"training on {args.steps * args.batch_size * args.seq_len / epoch_tokens:.2f} epochs")
+
+    # 4. model
+    config = make_config(tokenizer)
+    model = Qwen3ForCausalLM(config)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"model: {n_params:,} parameters")
+    stats = train(model, encoded, args)
+
+    # Ship bf16 (fp32 would not fit the 12 MB budget); every metric below is measured on the bf16-rounded
+    # weights computed in fp32, which is how the test and the docs recommend loading the model on CPU.
+    model = model.to(torch.bfloat16).to(torch.float32)
+    nll, n = assistant_nll(model, tokenizer, heldout_samples)
+    heldout_ppl = math.exp(nll / n)
+    train_subset = random.Random(args.seed + 2).sample(train_samples, 500)
+    tnll, tn = assistant_nll(model, tokenizer, train_subset)
+    print(f"held-out assistant-token perplexity {heldout_ppl:.2f} (loss {nll / n:.3f} over {n} tokens); "
+          f"train-subset perplexity {math.exp(tnll / tn):.2f}")
+    generations = []
+    for prompt in SHOWCASE_PROMPTS:
+        answer = greedy_answer(model, tokenizer, [{"role": "user", "content": prompt}])
+        generations.append({"prompt": prompt, "greedy": answer})
+        print(f"\n>>> {prompt}\n{answer}")
+
+    # 5. save target
+    out = args.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    model.to(torch.bfloat16).save_pretrained(out, safe_serialization=True)
+    model.generation_config = GenerationConfig(
+        bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id,
+        do_sample=False, max_new_tokens=256,
+    )
+    model.generation_config.save_pretrained(out)
+    tokenizer.save_pretrained(out, save_jinja_files=False)  # keep chat_template inside tokenizer_config.json
+    # transformers 5 names the class "TokenizersBackend", which 4.x cannot resolve; the generic fast class
+    # loads the same tokenizer.json in both.
+    tok_cfg = json.loads((out / "tokenizer_config.json").read_text())
+    tok_cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    (out / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2, ensure_ascii=False) + "\n")
+    # A few held-out conversations with reference answers, for the quick test (tests/test_tiny_target.py).
+    short = [s for s in heldout_samples if len(s["messages"][-1]["content"]) < 400]
+    write_jsonl(out / "heldout-samples.jsonl",
+                [{"messages": s["messages"]} for s in random.Random(args.seed + 3).sample(short, 8)])
+
+    # prompt sets for draft-data regeneration
+    train_prompts = random.Random(args.seed + 1).sample(train_samples, args.n_train_prompts)
+    write_jsonl(args.data_dir / "prompts-train.jsonl", [prompt_only(s) for s in train_prompts])
+    write_jsonl(args.data_dir / "prompts-heldout.jsonl", [prompt_only(s) for s in heldout_samples])
+    write_licenses(stdlib, out, args.data_dir)
+
+    info = {
+        "python": sys.version.split()[0], "torch": torch.__version__, "transformers": transformers.__version__,
+        "threads": args.threads, "args": {k: str(v) for k, v in vars(args).items()},
+        "corpus_sha256": corpus_sha, "n_items": len(items), "n_train_samples": len(train_samples),
+        "n_heldout_samples": len(heldout_samples), "heldout_modules": list(HELDOUT_MODULES),
+        "epoch_tokens": epoch_tokens, "n_params": n_params, "vocab_size": len(tokenizer),
+        "special_token_ids": {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS},
+        "model_safetensors_bytes": (out / "model.safetensors").stat().st_size,
+        "train_seconds": round(stats["seconds"], 1), "train_cpu_seconds": round(stats["cpu_seconds"], 1),
+        "train_tokens": stats["tokens"],
+        "final_train_loss_ema": round(stats["final_loss_ema"], 4),
+        "heldout_assistant_loss": round(nll / n, 4), "heldout_perplexity": round(heldout_ppl, 3),
+        "heldout_assistant_tokens": n, "train_subset_perplexity": round(math.exp(tnll / tn), 3),
+        "total_seconds": round(time.time() - t0, 1), "greedy_generations": generations, "loss_log": stats["log"],
+    }
+    (out / "build_info.json").write_text(json.dumps(info, indent=1) + "\n")
+    print(f"\nwrote {out} and {args.data_dir} in {info['total_seconds'] / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()
