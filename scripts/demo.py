@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -40,7 +41,12 @@ def main() -> int:
     parser.add_argument("--output-dir", help="run directory (default runs/demo-<method>)")
     parser.add_argument("--json-out", help="write the demo's figures to this JSON file")
     parser.add_argument("--set", action="append", default=[], help="extra `draftsmith train --set` overrides")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads for training and eval (default 1: with tiny models, more "
+                             "threads only add contention on small CPUs; 0 = torch's default)")
     args = parser.parse_args()
+    if args.threads > 0:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by the draftsmith subprocesses
 
     out_dir = Path(args.output_dir or f"runs/demo-{args.method}")
     config = REPO / "examples" / "configs" / f"{args.method}-tiny.yaml"
