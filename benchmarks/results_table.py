@@ -28,6 +28,8 @@ def main() -> int:
     parser.add_argument("--max-prompts", type=int, default=100)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--max-steps", type=int, help="override every config's train.max_steps")
+    parser.add_argument("--reuse", action="store_true",
+                        help="reuse runs/results-<method>.json figures from an earlier run instead of retraining")
     parser.add_argument("--out", default=str(REPO / "docs" / "results.md"))
     args = parser.parse_args()
     rows = []
@@ -39,6 +41,9 @@ def main() -> int:
                "--output-dir", f"runs/results-{method}"]
         if args.max_steps:
             cmd += ["--max-steps", str(args.max_steps)]
+        if args.reuse and fig_file.is_file():
+            rows.append(json.loads(fig_file.read_text()))
+            continue
         print("+ " + " ".join(cmd), flush=True)
         if subprocess.run(cmd, cwd=REPO).returncode != 0:
             print(f"results_table: {method} failed", file=sys.stderr)
