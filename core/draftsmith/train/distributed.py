@@ -103,6 +103,9 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
 
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
+        # every rank must be done with collectives before the group goes away: tearing gloo down while a peer
+        # still talks to it aborted a rank at exit ("terminate called without an active exception") under load
+        dist.barrier()
         dist.destroy_process_group()
 
 
