@@ -28,6 +28,7 @@ def main() -> int:
     parser.add_argument("--max-prompts", type=int, default=100)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--max-steps", type=int, help="override every config's train.max_steps")
+    parser.add_argument("--note", default="", help="a line on the measuring conditions, printed under the table")
     parser.add_argument("--reuse", action="store_true",
                         help="reuse runs/results-<method>.json figures from an earlier run instead of retraining")
     parser.add_argument("--out", default=str(REPO / "docs" / "results.md"))
@@ -72,6 +73,8 @@ def main() -> int:
         lines.append(f"| {r['method']} | {r['train_seconds'] / 60:.1f} min | {tok_s} | {r['tau']:.2f} | {acc} | "
                      f"{r['speedup']:.2f}× | {'yes' if r['lossless'] else 'NO'} | "
                      f"{r['checkpoint_bytes'] / 2**20:.1f} MiB |")
+    if args.note:
+        lines += ["", f"Conditions: {args.note}"]
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
