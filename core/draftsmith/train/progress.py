@@ -19,14 +19,20 @@ def _plain(value: Any) -> Any:
 
 
 class RunLog:
-    """Writes ``metrics.jsonl`` and prints progress; silent on non-main ranks."""
+    """Writes ``metrics.jsonl`` and shows progress; silent on non-main ranks.
+
+    On a terminal, progress is a tqdm bar (loss, rate, ETA). When stderr is not a terminal (a log file, a batch
+    job) a bar would fill the log with carriage returns, so each train record prints one line with the ETA.
+    """
 
     def __init__(self, output_dir: str | Path, *, enabled: bool, progress: bool, total: int, initial: int) -> None:
-        self.enabled = enabled
+        self.enabled, self.total, self.initial = enabled, total, initial
+        self.step = initial
         self.path = Path(output_dir) / "metrics.jsonl"
         self._fh = open(self.path, "a") if enabled else None
         self._bar = None
-        if enabled and progress:
+        self._lines = enabled and progress and not sys.stderr.isatty()
+        if enabled and progress and sys.stderr.isatty():
             from tqdm.auto import tqdm
 
             self._bar = tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True,
@@ -47,8 +53,20 @@ class RunLog:
         record = {k: _plain(v) for k, v in record.items()}
         self._fh.write(json.dumps(record) + "\n")
         self._fh.flush()
+        if self._lines and record.get("split") == "train":
+            self.info(f"step {record['step']}/{self.total}  loss {record.get('loss', float('nan')):.4g}  "
+                      f"lr {record.get('lr', 0):.3g}  {record.get('tokens_per_s', 0):.0f} tok/s  "
+                      f"eta {self.eta()}")
+
+    def eta(self) -> str:
+        done = self.step - self.initial
+        if done <= 0:
+            return "?"
+        seconds = int((time.time() - self.start) / done * (self.total - self.step))
+        return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
     def advance(self, steps: int = 1, postfix: dict[str, Any] | None = None) -> None:
+        self.step += steps
         if self._bar is not None:
             self._bar.update(steps)
             if postfix:

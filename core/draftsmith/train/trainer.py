@@ -300,12 +300,13 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
             window.finish_step(norm, time.perf_counter() - step_start, self.features.seconds - target_before)
-            if self.step % t.log_every == 0 or self.step == t.max_steps:
-                train_metrics = window.reduce()
-                self.log.record({"step": self.step, "split": "train", "lr": lr,
-                                 "epoch": self.epoch, **train_metrics})
-                window = MetricWindow()
-            self.log.advance(1, {"loss": train_metrics.get("loss", float("nan"))})
+            log_now = self.step % t.log_every == 0 or self.step == t.max_steps
+            if log_now:
+                train_metrics, window = window.reduce(), MetricWindow()
+            self.log.advance(1, {"loss": train_metrics["loss"]} if "loss" in train_metrics else None)
+            if log_now:
+                self.log.record({"step": self.step, "split": "train", "lr": lr, "epoch": self.epoch,
+                                 **train_metrics})
             last = self.step == t.max_steps
             if self.eval_set is not None and ((t.eval_every and self.step % t.eval_every == 0) or last):
                 eval_metrics = self.evaluate()
