@@ -42,9 +42,12 @@ def prepare_features(config: RunConfig, out: str | Path, *, dtype: str = "bfloat
     info = init_distributed(config.distributed.backend, config.train.device)
     main_log = log if info.is_main else (lambda _message: None)
     try:
-        return _prepare(config, Path(out), info, dtype, batch_tokens, shard_mb, overwrite, main_log)
-    finally:
-        shutdown()
+        manifest = _prepare(config, Path(out), info, dtype, batch_tokens, shard_mb, overwrite, main_log)
+    except BaseException:
+        shutdown(clean=False)
+        raise
+    shutdown()
+    return manifest
 
 
 def _prepare(config: RunConfig, out: Path, info: Any, dtype: str, batch_tokens: int, shard_mb: int,

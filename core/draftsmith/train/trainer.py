@@ -53,9 +53,12 @@ def train(config: RunConfig) -> TrainResult:
     """Run (or resume) the training job ``config`` describes; see the module docstring."""
     info = init_distributed(config.distributed.backend, config.train.device)
     try:
-        return Trainer(config, info).run()
-    finally:
-        shutdown()
+        result = Trainer(config, info).run()
+    except BaseException:
+        shutdown(clean=False)
+        raise
+    shutdown()
+    return result
 
 
 def _check(config: RunConfig) -> None:
@@ -335,7 +338,7 @@ class Trainer:
             what = f"loss is {local[0]}" if local else "loss is non-finite on another rank"
         else:
             what = f"gradient norm is {float(norm)}"
-        good = ckpt.latest_checkpoint(self.output_dir) if self.info.is_main else None
+        good = broadcast_object(ckpt.latest_checkpoint(self.output_dir) if self.info.is_main else None)
         kept = f"the last good checkpoint is {good}" if good else "no checkpoint was written yet"
         raise TrainingError(f"{what} at step {self.step + 1}; stopped before updating the weights ({kept}). "
                             f"Lower train.lr, check the data, or resume from the checkpoint.")
