@@ -295,3 +295,29 @@ def test_empty_proposal_is_a_round_with_tau_one():
     out = SpeculativeDecoder(model, BadDrafter(Proposal(tokens=torch.zeros(0, dtype=torch.long))),
                              num_draft_tokens=GAMMA, eos_token_ids=()).generate(PROMPT, 6)
     assert out.tokens == ref.tokens and out.taus == [1] * 5
+
+
+def test_target_forwards_use_the_installed_transformers_cache_argument():
+    """No deprecated ``past_key_values`` keyword where the installed transformers names it ``cache``: plain and
+    speculative decoding run without its FutureWarning, and a forward that only knows ``past_key_values`` (older
+    5.x releases) gets that name."""
+    import inspect
+    import warnings
+
+    from draftsmith.decode.plain import cache_kwargs
+
+    model = target("qwen3")
+    name = "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
+    assert set(cache_kwargs(model, "C")) == {name, "use_cache"}
+
+    class OldForward(torch.nn.Module):
+        def forward(self, input_ids=None, past_key_values=None, use_cache=None):
+            return None
+
+    assert cache_kwargs(OldForward(), "C") == {"past_key_values": "C", "use_cache": True}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        plain = generate_plain(model, PROMPT, 8, eos_token_ids=())
+        spec = SpeculativeDecoder(model, drafter("oracle", plain.tokens), num_draft_tokens=GAMMA,
+                                  eos_token_ids=()).generate(PROMPT, 8)
+    assert spec.tokens == plain.tokens

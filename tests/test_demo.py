@@ -22,5 +22,7 @@ def test_demo_path_end_to_end(tmp_path, cli_env, method):
     data = json.loads(figures.read_text())
     assert data["lossless"] is True
     assert 1.0 <= data["tau"] and data["speedup"] > 0
+    assert data["train_steps"] == 3 and data["threads"] == 1
+    assert 0 < data["train_cpu_seconds"] and 0 < data["train_seconds"]
     assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
     assert f"demo {method}: trained in" in out.stdout and "held-out greedy τ =" in out.stdout

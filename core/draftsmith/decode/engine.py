@@ -25,7 +25,7 @@ from ..errors import ConfigError, DraftsmithError
 from ..method import Proposal, TargetFeatures
 from ..target import FeatureCapture, target_heads
 from . import cache as kv
-from .plain import as_prompt, check_max_new_tokens, model_device, prefill, synchronize
+from .plain import as_prompt, cache_kwargs, check_max_new_tokens, model_device, prefill, synchronize
 from .sampling import SamplingConfig, pick_token, target_distribution
 from .stats import GenerationResult, RoundRecord
 from .verify import DraftTree, Verification, verify_greedy, verify_sampling
@@ -162,7 +162,7 @@ class SpeculativeDecoder:
             mask = kv.tree_attention_mask(tree.ancestor_matrix(self.device), depths, past, self.target, cache,
                                           self._dtype())
         out = self.target(input_ids=input_ids, position_ids=positions, attention_mask=mask,
-                          past_key_values=cache, use_cache=True)
+                          **cache_kwargs(self.target, cache))
         logits = out.logits  # (1, m, V)
         drafts = input_ids[:, 1:]  # (1, m - 1)
         if self.sampling.greedy:

@@ -6,6 +6,7 @@ speculative engine, so the speed comparison measures speculation, not two differ
 
 from __future__ import annotations
 
+import functools
 import inspect
 import time
 from typing import Any, Iterable
@@ -32,10 +33,22 @@ def supports_logits_to_keep(model: torch.nn.Module) -> bool:
     return "logits_to_keep" in inspect.signature(model.forward).parameters
 
 
+def cache_kwargs(model: torch.nn.Module, cache: Any) -> dict[str, Any]:
+    """``{<cache argument>: cache, "use_cache": True}``: transformers ≥ 5.24 names the KV-cache argument ``cache``
+    (``past_key_values`` still works there but warns, and goes in 5.40); earlier 5.x releases only know
+    ``past_key_values``."""
+    return {_cache_argument(type(model)): cache, "use_cache": True}
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_argument(model_class: type) -> str:  # once per class: decoding calls this for every target forward
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
+
+
 def prefill(model: torch.nn.Module, prompt_ids: torch.Tensor, cache: Any) -> Any:
     """Run the prompt through the target; only the last position's logits are computed when the model allows."""
     kwargs = {"logits_to_keep": 1} if supports_logits_to_keep(model) else {}
-    return model(input_ids=prompt_ids[None], past_key_values=cache, use_cache=True, **kwargs)
+    return model(input_ids=prompt_ids[None], **cache_kwargs(model, cache), **kwargs)
 
 
 def as_prompt(prompt_ids: Any, device: torch.device) -> torch.Tensor:
@@ -72,7 +85,7 @@ def generate_plain(model: torch.nn.Module, prompt_ids: Any, max_new_tokens: int,
     token = pick_token(prefill(model, ids, cache).logits[0, -1], sampling, generator)
     tokens = [int(token)]
     while len(tokens) < max_new_tokens and tokens[-1] not in eos:
-        out = model(input_ids=token.view(1, 1), past_key_values=cache, use_cache=True)
+        out = model(input_ids=token.view(1, 1), **cache_kwargs(model, cache))
         token = pick_token(out.logits[0, -1], sampling, generator)
         tokens.append(int(token))
     synchronize(device)

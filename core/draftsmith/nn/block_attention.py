@@ -53,7 +53,7 @@ from torch import nn
 
 from .kv_cache import DraftKVCache
 from .norm import RMSNorm
-from .rotary import RotaryEmbedding, apply_rotary, compute_inv_freq
+from .rotary import RotaryEmbedding, apply_rotary
 
 PositionEmbeddings = tuple[torch.Tensor, torch.Tensor]  # (cos, sin), each (B, T, head_dim)
 ATTENTION_BACKENDS = ("sdpa", "grouped", "blockwise")
@@ -425,13 +425,9 @@ class BlockBackboneMixin:
         self.rotary_emb = RotaryEmbedding(config, _head_dim(config))
 
     def _init_weights(self, module: nn.Module) -> None:
-        """``PreTrainedModel`` hook: transformers re-creates non-persistent buffers (rotary ``inv_freq``) as
-        placeholders when loading and re-initialises only its own rotary classes — recompute ours (fp32)."""
+        """``PreTrainedModel`` hook; see :meth:`RotaryEmbedding.reset_inv_freq`."""
         if isinstance(module, RotaryEmbedding):
-            inv_freq, scaling = compute_inv_freq(self.config, _head_dim(self.config))
-            with torch.no_grad():
-                module.inv_freq.copy_(inv_freq.to(module.inv_freq.device))
-            module.attention_scaling = scaling
+            module.reset_inv_freq()
             return
         super()._init_weights(module)  # type: ignore[misc]
 

@@ -63,8 +63,17 @@ class RotaryEmbedding(nn.Module):
 
     def __init__(self, config: Any, head_dim: int | None = None) -> None:
         super().__init__()
+        self._rope_config, self._head_dim = config, head_dim  # for reset_inv_freq
         inv_freq, self.attention_scaling = compute_inv_freq(config, head_dim)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def reset_inv_freq(self) -> None:
+        """Recompute ``inv_freq`` exactly, in fp32.  transformers 5 builds models on the meta device and re-creates
+        non-persistent buffers as placeholders (in the load dtype) when loading, then re-initialises only its own
+        rotary classes: a draft's ``_init_weights`` calls this for ours."""
+        inv_freq, self.attention_scaling = compute_inv_freq(self._rope_config, self._head_dim)
+        device = self.inv_freq.device if self.inv_freq.device.type != "meta" else None
+        self.inv_freq = inv_freq.to(device=device)
 
     def _apply(self, fn, recurse: bool = True):  # keep inv_freq fp32 through .to(dtype) / .half() / ...
         inv_freq = self.inv_freq

@@ -9,7 +9,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from draftsmith.errors import ConfigError
-from draftsmith.nn.rotary import RotaryEmbedding, compute_inv_freq
+from draftsmith.nn.rotary import RotaryEmbedding
 
 
 def full_tensor(t: torch.Tensor) -> torch.Tensor:
@@ -46,12 +46,7 @@ class EagleDraftModel(PreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
         if isinstance(module, RotaryEmbedding):
-            # transformers 5 builds models on the meta device and re-creates non-persistent buffers empty (and in
-            # the load dtype): recompute inv_freq exactly, in fp32
-            inv_freq, scaling = compute_inv_freq(self.config, self.config.head_dim)
-            device = module.inv_freq.device if module.inv_freq.device.type != "meta" else None
-            module.inv_freq = inv_freq.to(device=device)
-            module.attention_scaling = scaling
+            module.reset_inv_freq()  # see its docstring: transformers leaves our inv_freq a placeholder
 
     # --- target embedding ------------------------------------------------------------------------------------
     def copy_embeddings_from_target(self, target_embeddings: Any) -> None:
