@@ -37,7 +37,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--method", default="eagle3", choices=METHODS)
     parser.add_argument("--max-steps", type=int, help="override the config's train.max_steps")
-    parser.add_argument("--max-prompts", type=int, default=100, help="held-out prompts to evaluate")
+    parser.add_argument("--max-prompts", type=int, default=100, help="held-out prompts to evaluate (0 = all)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--output-dir", help="run directory (default runs/demo-<method>)")
     parser.add_argument("--json-out", help="write the demo's figures to this JSON file")
@@ -67,8 +67,10 @@ def main() -> int:
 
     draft = out_dir / "final"
     evaluate = [sys.executable, "-m", "draftsmith", "eval", "--target", "examples/tiny-target", "--draft",
-                str(draft), "--prompts", "examples/data/prompts-heldout.jsonl", "--max-prompts",
-                str(args.max_prompts), "--max-new-tokens", str(args.max_new_tokens), "--check-lossless", "--json"]
+                str(draft), "--prompts", "examples/data/prompts-heldout.jsonl", "--max-new-tokens",
+                str(args.max_new_tokens), "--check-lossless", "--json"]
+    if args.max_prompts > 0:
+        evaluate += ["--max-prompts", str(args.max_prompts)]
     result = run(evaluate)
     if result.returncode != 0 or not result.stdout.strip():
         print("demo: evaluation failed (see above)", file=sys.stderr)
