@@ -163,7 +163,9 @@ def test_cache_length_equals_committed_length_every_round():
     seen = []
 
     def pre_hook(_module, _args, kwargs):
-        cache, pos = kwargs.get("past_key_values"), kwargs.get("position_ids")
+        # transformers >= 5.24 takes the cache as `cache`, earlier 5.x as `past_key_values` (decode.plain.cache_kwargs)
+        cache = kwargs["cache"] if "cache" in kwargs else kwargs.get("past_key_values")
+        pos = kwargs.get("position_ids")
         if cache is not None and pos is not None and cache.get_seq_length() > 0:
             seen.append((cache.get_seq_length(), int(pos[0, 0])))
 
