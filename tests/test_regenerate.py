@@ -66,7 +66,11 @@ def test_regenerate_greedy_batched_equals_plain_decoding(target, tmp_path, capsy
     path, model, prompts = target
     out = tmp_path / "data" / "regen.jsonl"
     assert _regen(path, prompts, out, "--batch-size", "2") == 0
-    assert "wrote 5 conversations" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "wrote 5 conversations" in captured.out
+    # stderr is not a terminal here: a progress line per batch of 2 instead of a tqdm bar
+    progress = [line.split("  ")[0] for line in captured.err.splitlines() if line.startswith("regenerate: ")]
+    assert progress == ["regenerate: 2/5 prompts", "regenerate: 4/5 prompts", "regenerate: 5/5 prompts"]
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     assert len(lines) == 5
     for record, prompt, (text, stopped) in zip(lines, PROMPTS, _expected(path, model, prompts)):
