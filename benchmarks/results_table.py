@@ -15,6 +15,7 @@ import platform
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -60,19 +61,12 @@ def main() -> int:
         pending.append((method, cmd))
     # --jobs N runs N methods side by side (each single-threaded by default): on a 2-core machine the table
     # takes half the time, and each run's CPU-time column is unaffected.
-    running: list[tuple[str, subprocess.Popen]] = []
-    failed = []
-    while pending or running:
-        while pending and len(running) < args.jobs:
-            method, cmd = pending.pop(0)
-            print("+ " + " ".join(cmd), flush=True)
-            running.append((method, subprocess.Popen(cmd, cwd=REPO)))
-        time.sleep(1)
-        for item in list(running):
-            if item[1].poll() is not None:
-                running.remove(item)
-                if item[1].returncode != 0:
-                    failed.append(item[0])
+    def run_one(item: tuple[str, list[str]]) -> int:
+        print("+ " + " ".join(item[1]), flush=True)
+        return subprocess.run(item[1], cwd=REPO).returncode
+
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        failed = [method for (method, _), code in zip(pending, pool.map(run_one, pending)) if code != 0]
     if failed:
         print(f"results_table: {', '.join(failed)} failed", file=sys.stderr)
         return 1

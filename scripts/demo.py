@@ -77,9 +77,10 @@ def main() -> int:
         return 1
     report = json.loads(result.stdout)
     run_dir = out_dir if out_dir.is_absolute() else REPO / out_dir
-    tok_s = [m["tokens_per_s"] for m in read_metrics(run_dir / "metrics.jsonl") if m.get("tokens_per_s")]
+    metrics = read_metrics(run_dir / "metrics.jsonl")
+    tok_s = [m["tokens_per_s"] for m in metrics if m.get("tokens_per_s")]
+    steps = [m["step"] for m in metrics if "step" in m]
     size = sum(p.stat().st_size for p in (run_dir / "final").glob("*") if p.is_file())
-    steps = [m["step"] for m in read_metrics(run_dir / "metrics.jsonl") if "step" in m]
     figures = {
         "method": args.method,
         "threads": args.threads,
@@ -97,8 +98,9 @@ def main() -> int:
         "prompts": report["prompts"],
         "max_new_tokens": args.max_new_tokens,
     }
-    print(f"\ndemo {args.method}: trained in {train_seconds / 60:.1f} min ({train_cpu_seconds / 60:.1f} CPU-min); held-out greedy τ = {report['tau']:.2f}, "
-          f"speedup {report['speedup']:.2f}× on CPU, lossless: {report['lossless']['ok']}")
+    print(f"\ndemo {args.method}: trained in {train_seconds / 60:.1f} min ({train_cpu_seconds / 60:.1f} CPU-min); "
+          f"held-out greedy τ = {report['tau']:.2f}, speedup {report['speedup']:.2f}× on CPU, "
+          f"lossless: {report['lossless']['ok']}")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(figures, indent=2))
     return 0 if report["lossless"]["ok"] else 1
