@@ -47,11 +47,11 @@ def test_priority_wins_and_equal_priority_conflicts_only_when_resolved():
     reg = Registry()
     a = reg.staged(Provenance("a", "dist-a", "1.0"))
     a.register(_spec(archs=("A", "B"), cls="a:Draft"))
-    reg._merge(a)
+    reg.merge(a)
     b = reg.staged(Provenance("b", "dist-b", "2.0"))
     b.register(_spec(archs=("A",), cls="b:Draft"))
     b.register(_spec(archs=("C",), cls="b:Better", priority=5))
-    reg._merge(b)
+    reg.merge(b)
     # B is served by dist-a alone: the conflict on A does not break it.
     assert reg.resolve("m", ["B"]).draft_class_path == "a:Draft"
     with pytest.raises(DraftConflictError) as info:
@@ -63,7 +63,7 @@ def test_priority_wins_and_equal_priority_conflicts_only_when_resolved():
     # A higher priority resolves the conflict.
     c = reg.staged(Provenance("c", "dist-c", "1.0"))
     c.register(_spec(archs=("A",), cls="c:Override", priority=1))
-    reg._merge(c)
+    reg.merge(c)
     assert reg.resolve("m", ["A"]).draft_class_path == "c:Override"
     assert reg.resolve("m", ["C"]).plugin == "b"
 
@@ -72,7 +72,7 @@ def test_provenance_is_stamped_from_the_loading_plugin():
     reg = Registry()
     stage = reg.staged(Provenance("plug", "draftsmith-plug", "0.3"))
     stage.register(_spec())
-    reg._merge(stage)
+    reg.merge(stage)
     spec = reg.resolve("m", ["A"])
     assert (spec.plugin, spec.distribution, spec.version) == ("plug", "draftsmith-plug", "0.3")
 
@@ -100,7 +100,7 @@ def test_duplicate_method_registration_is_a_conflict():
     for dist in ("d1", "d2"):
         stage = reg.staged(Provenance(dist, dist, "1"))
         stage.register_method(MethodSpec(name="m", summary=dist))
-        reg._merge(stage)
+        reg.merge(stage)
     with pytest.raises(DraftConflictError, match="d1 1 and d2 1"):
         reg.get_method("m")
 

@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .conventions import read_config_json
 from .errors import DraftNotFoundError, DraftsmithError
 
 METADATA_KEY = "draftsmith"
@@ -45,18 +46,11 @@ def draft_metadata(method: str, draft_class: str, target_config: Any, *, target_
 def read_draft_metadata(path: str | Path) -> dict[str, Any]:
     """The ``draftsmith`` block of a saved draft directory, with clear errors for missing/malformed files."""
     path = Path(path)
-    config_file = path / "config.json"
-    if not path.is_dir():
-        raise DraftsmithError(f"draft directory {str(path)!r} does not exist")
-    if not config_file.is_file():
-        raise DraftsmithError(f"{str(path)!r} has no config.json: not a saved draft")
-    try:
-        config = json.loads(config_file.read_text())
-    except json.JSONDecodeError as exc:
-        raise DraftsmithError(f"{config_file}: invalid JSON ({exc})") from None
+    config = read_config_json(path, what="draft directory", error=DraftsmithError)
     block = config.get(METADATA_KEY)
     if not isinstance(block, dict) or "method" not in block:
-        raise DraftsmithError(f"{config_file} has no '{METADATA_KEY}' block with a 'method': not a draftsmith draft")
+        raise DraftsmithError(f"{path / 'config.json'} has no '{METADATA_KEY}' block with a 'method': not a "
+                              f"draftsmith draft")
     if not any(p.suffix == ".safetensors" for p in path.iterdir()):
         raise DraftsmithError(f"{str(path)!r} holds no .safetensors weights")
     return block
@@ -91,3 +85,48 @@ def load_draft(path: str | Path, *, dtype: Any = None, device: Any = None) -> An
     if device is not None:
         model = model.to(device)
     return model.eval()
+
+
+def save_draft(draft: Any, out_dir: str | Path, *, dtype: Any = None, check_finite: bool = True,
+               architectures: list[str] | None = None) -> Path:
+    """Write a draft as ``config.json`` + ``model.safetensors`` (``save_pretrained``) — the one save path of every
+    exporter and of training checkpoints.
+
+    * the module inside DDP / FSDP / compile wrappers is saved (an FSDP2 draft must be gathered by the caller);
+    * ``check_finite`` refuses NaN/inf weights with an error naming them (an engine would load them silently);
+    * ``dtype`` (``"bfloat16"``, a ``torch.dtype``) casts a *copy* of the tensors — never the live draft, whose fp32
+      weights a round trip would lose — and the file's ``dtype`` field names the stored one;
+    * ``architectures`` overrides the class name transformers writes (engines dispatch on it).
+    """
+    import torch
+
+    from .nn.weights import non_finite_tensors, unwrap_model
+
+    model = unwrap_model(draft)
+    state = model.state_dict()
+    if check_finite:
+        bad = non_finite_tensors(state)
+        if bad:
+            raise DraftsmithError(f"refusing to save non-finite weights: {bad[:5]}"
+                                  + (f" (+{len(bad) - 5} more)" if len(bad) > 5 else ""))
+    cast = None
+    if dtype is not None:
+        cast = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
+        if not isinstance(cast, torch.dtype) or not cast.is_floating_point:
+            raise DraftsmithError(f"save dtype must be a floating torch dtype name, got {dtype!r}")
+        state = {k: v.detach().to(cast) if v.is_floating_point() else v for k, v in state.items()}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if cast is None:
+        model.save_pretrained(str(out))
+    else:
+        model.save_pretrained(str(out), state_dict=state)
+    if cast is not None or architectures is not None:
+        config_file = out / "config.json"
+        written = json.loads(config_file.read_text())
+        if cast is not None:
+            written["dtype"] = str(cast).split(".")[-1]
+        if architectures is not None:
+            written["architectures"] = list(architectures)
+        config_file.write_text(json.dumps(written, indent=2, sort_keys=True) + "\n")
+    return out

@@ -17,7 +17,7 @@ Conventions fixed here (DESIGN §6):
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence, Union, runtime_checkable
 
 from .spec import import_object, object_path
 
@@ -96,14 +96,38 @@ class Objective(Protocol):
         ``position_ids``; all ``(B, T)``) given the captured target features of that batch."""
         ...
 
-    # Optional (checked with hasattr by core):
-    # def prepare(self, token_counts: torch.Tensor) -> None
-    #     Called once on a fresh run with supervised-token frequencies over the target vocab (1-D long).
-    # def acceptance_lengths(self, batch, features) -> torch.Tensor
-    #     (B, T) long: for every position a usable as a decoding anchor, how many drafts greedy drafting from
-    #     anchor a (target features < a known, token a given) would get right in a row against the batch's
-    #     tokens; -1 where a is not a usable anchor. On sequences that are the target's own greedy output, core's
-    #     trajectory replay (draftsmith.decode.estimate) turns this into the exact greedy acceptance length τ.
+
+
+# Optional capabilities of an objective (core checks them with isinstance on these runtime protocols).
+@runtime_checkable
+class PreparesFromTokenCounts(Protocol):
+    def prepare(self, token_counts: "torch.Tensor") -> None:
+        """Called once on a fresh run with supervised-token frequencies over the target vocab (1-D long),
+        e.g. to choose EAGLE-3's draft vocabulary."""
+        ...
+
+
+@runtime_checkable
+class ReportsAcceptanceLengths(Protocol):
+    def acceptance_lengths(self, batch: Mapping[str, "torch.Tensor"], features: TargetFeatures) -> "torch.Tensor":
+        """``(B, T)`` long: for every position ``a`` usable as a decoding anchor, how many drafts greedy drafting
+        from anchor ``a`` (target features ``< a`` known, token ``a`` given) would get right in a row against
+        the batch's tokens; ``-1`` where ``a`` is not a usable anchor. On sequences that are the target's own
+        greedy output, core's trajectory replay (:mod:`draftsmith.decode.estimate`) turns this into the exact
+        greedy acceptance length τ."""
+        ...
+
+
+@runtime_checkable
+class HasRunState(Protocol):
+    def run_state(self) -> dict[str, Any]:
+        """Plain (JSON-able) state the objective needs to resume bit-exactly — the positions of its random
+        streams (:class:`draftsmith.nn.random_stream.RandomStream`); saved in every training checkpoint."""
+        ...
+
+    def load_run_state(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`run_state` returned."""
+        ...
 
 
 @dataclasses.dataclass
@@ -145,6 +169,20 @@ class Drafter(Protocol):
     def commit(self, tokens: "torch.Tensor", features: TargetFeatures) -> None: ...
 
 
+@runtime_checkable
+class SuggestsNumTokens(Protocol):
+    """Optional for a drafter: how many drafts a round asks when the user does not say (a chain drafter's depth,
+    a block drafter's drafts per pass, a tree drafter's node budget)."""
+
+    default_num_tokens: int
+
+
+# "module:QualName" or the object itself (imported on first use).
+ImportRef = Union[str, Callable[..., Any]]
+# option name -> default (None = derived, e.g. from the target or the draft); the names a component accepts.
+OptionTable = Mapping[str, Any]
+
+
 def _load(obj: Any) -> Any:
     return import_object(obj) if isinstance(obj, str) else obj
 
@@ -153,24 +191,34 @@ def _load(obj: Any) -> Any:
 class MethodSpec:
     """A speculative-decoding method, registered by its plugin through ``draftsmith_register_methods``.
 
-    Callables may be given as ``"module:QualName"`` strings and are imported on first use.
-
-    * ``objective``: class built as ``objective(draft, heads, **options)`` (see :class:`Objective`).
-    * ``drafter``: class built as ``drafter(draft, heads, **options)`` (see :class:`Drafter`).
-    * ``layer_policy``: ``f(num_target_layers, **options) -> list[int]``, the default captured layer ids.
+    * ``objective``: class built as ``objective(draft, heads, **objective options)`` (see :class:`Objective`).
+    * ``drafter``: class built as ``drafter(draft, heads, **drafter options)`` (see :class:`Drafter`).
+    * ``layer_policy``: ``f(num_target_layers, **draft options) -> list[int]``, the method's default captured
+      layer ids (output-of-layer); the draft builder applies it and ``draftsmith resolve`` reports it.
     * ``drafts_from``: use another method's registered drafts (``eagle2`` drafts with the ``eagle1`` models).
     * ``export_formats``: format name → ``f(draft, out_dir, **options)`` writing an engine checkpoint.
-    * ``default_options``: option defaults a user can override from the config (documented per method).
+    * ``draft_options`` / ``objective_options`` / ``drafter_options``: the options each component accepts, name →
+      default (``None`` = derived from the target or the draft). Declared once here; core validates the user's
+      ``draft:`` section, ``method_options:`` and ``eval --drafter-option`` against them (a typo or an option in
+      the wrong section is a one-line ConfigError naming the right section) and hands each component only its own
+      options (objective and drafter defaults applied). ``None`` (undeclared) passes everything through unchecked.
+      ``default_options`` (the older field) gives objective defaults without declaring the accepted names; it
+      always reads as the objective defaults.
+
+    Callables may be given as ``"module:QualName"`` strings (:data:`ImportRef`) and are imported on first use.
     """
 
     name: str
     summary: str = ""
-    objective: Any = None
-    drafter: Any = None
-    layer_policy: Any = None
+    objective: ImportRef | None = None
+    drafter: ImportRef | None = None
+    layer_policy: ImportRef | None = None
     drafts_from: str | None = None
-    export_formats: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    default_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    export_formats: Mapping[str, ImportRef] = dataclasses.field(default_factory=dict)
+    draft_options: OptionTable | None = None
+    objective_options: OptionTable | None = None
+    drafter_options: OptionTable | None = None
+    default_options: OptionTable | None = None
     plugin: str | None = None
     distribution: str | None = None
     version: str | None = None
@@ -179,7 +227,16 @@ class MethodSpec:
         if not isinstance(self.name, str) or not self.name.strip():
             raise ValueError(f"MethodSpec.name must be a non-empty string, got {self.name!r}")
         object.__setattr__(self, "export_formats", dict(self.export_formats))
-        object.__setattr__(self, "default_options", dict(self.default_options))
+        if self.objective_options is not None and self.default_options is not None \
+                and dict(self.objective_options) != dict(self.default_options):
+            raise ValueError(f"method {self.name!r}: objective_options and default_options (its older name) differ")
+        for field in ("draft_options", "objective_options", "drafter_options"):
+            value = getattr(self, field)
+            if value is not None:
+                object.__setattr__(self, field, dict(value))
+        # default_options alone gives defaults without declaring the accepted names (older plugins)
+        defaults = self.objective_options if self.objective_options is not None else self.default_options
+        object.__setattr__(self, "default_options", dict(defaults or {}))
 
     @property
     def draft_method(self) -> str:
@@ -206,6 +263,45 @@ class MethodSpec:
             raise KeyError(fmt)
         return _load(self.export_formats[fmt])
 
+    # -- options ----------------------------------------------------------------------------------------------
+    def _tables(self) -> dict[str, OptionTable | None]:
+        return {"draft": self.draft_options, "method_options": self.objective_options,
+                "drafter": self.drafter_options}
+
+    def check_options(self, section: str, options: Mapping[str, Any]) -> None:
+        """ConfigError for options the ``section``'s component does not declare (``draft``,
+        ``method_options`` or ``drafter``), naming the section an option does belong to."""
+        from .errors import ConfigError
+
+        tables = self._tables()
+        own = tables[section]
+        if own is None:
+            return
+        unknown = sorted(set(options) - set(own))
+        if not unknown:
+            return
+        where = {name: [s for s, t in tables.items() if s != section and t is not None and name in t]
+                 for name in unknown}
+        hints = "; ".join(f"{n} is a {'/'.join(w)} option" for n, w in where.items() if w)
+        raise ConfigError(f"method {self.name!r}: unknown {section} option(s) {unknown}"
+                          f"{' (' + hints + ')' if hints else ''}; {section} options: {sorted(own)}")
+
+    def objective_kwargs(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """The objective's keyword arguments: declared defaults overridden by ``options`` (validated)."""
+        self.check_options("method_options", options)
+        return {**self.default_options, **options}
+
+    def drafter_kwargs(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """The drafter's keyword arguments: declared defaults overridden by ``options`` (validated)."""
+        self.check_options("drafter", options)
+        return {**(self.drafter_options or {}), **options}
+
+    def draft_kwargs(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """The draft builder's keyword arguments: the user's ``options`` (validated; the draft applies its own
+        defaults, which are the declared ones)."""
+        self.check_options("draft", options)
+        return dict(options)
+
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -215,6 +311,9 @@ class MethodSpec:
             "drafter": object_path(self.drafter) if self.drafter is not None else None,
             "layer_policy": object_path(self.layer_policy) if self.layer_policy is not None else None,
             "export_formats": sorted(self.export_formats),
+            "draft_options": sorted(self.draft_options) if self.draft_options is not None else None,
+            "objective_options": dict(self.objective_options) if self.objective_options is not None else None,
+            "drafter_options": dict(self.drafter_options) if self.drafter_options is not None else None,
             "plugin": self.plugin,
             "distribution": self.distribution,
             "version": self.version,

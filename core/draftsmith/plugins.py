@@ -90,10 +90,6 @@ class PluginManager:
             entry_points = metadata.entry_points(group=ENTRY_POINT_GROUP)
         for ep in sorted(entry_points, key=lambda e: e.name):
             self._load_one(ep)
-        for spec in _IN_PROCESS_DRAFTS:
-            self.registry.register(spec)
-        for method in _IN_PROCESS_METHODS:
-            self.registry.register_method(method)
 
     def _fail(self, name: str, dist: str | None, version: str | None, exc: BaseException, what: str) -> None:
         message = f"{what}: {_describe(exc)}"
@@ -137,7 +133,7 @@ class PluginManager:
         except Exception as exc:
             self.pm.unregister(module)
             return self._fail(ep.name, dist, version, exc, "failed in registration hook")
-        self.registry._merge(stage)
+        self.registry.merge(stage)
         self.loaded.append(LoadedPlugin(ep.name, dist, version, module.__name__, tuple(hooks)))
 
     # -- typed hook wrappers ----------------------------------------------------------------------------
@@ -147,8 +143,6 @@ class PluginManager:
 
 _LOCK = threading.Lock()
 _MANAGER: PluginManager | None = None
-_IN_PROCESS_DRAFTS: list[Any] = []
-_IN_PROCESS_METHODS: list[Any] = []
 
 
 def get_plugin_manager() -> PluginManager:
@@ -165,8 +159,6 @@ def reset_plugins() -> None:
     global _MANAGER
     with _LOCK:
         _MANAGER = None
-        _IN_PROCESS_DRAFTS.clear()
-        _IN_PROCESS_METHODS.clear()
 
 
 def get_registry() -> Registry:
@@ -179,9 +171,7 @@ def register_draft(spec: Any) -> Any:
 
     if isinstance(spec, DraftSpec) and spec.plugin is None and spec.distribution is None:
         spec = spec.with_provenance(IN_PROCESS, None, None)
-    registered = get_registry().register(spec)
-    _IN_PROCESS_DRAFTS.append(registered)
-    return registered
+    return get_registry().register(spec)
 
 
 def register_method(method: Any) -> Any:
@@ -190,6 +180,4 @@ def register_method(method: Any) -> Any:
 
     if isinstance(method, MethodSpec) and method.plugin is None and method.distribution is None:
         method = method.with_provenance(IN_PROCESS, None, None)
-    registered = get_registry().register_method(method)
-    _IN_PROCESS_METHODS.append(registered)
-    return registered
+    return get_registry().register_method(method)

@@ -9,13 +9,14 @@ and decoding (only the new positions of a cached forward).
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
 from torch import nn
 
+from .conventions import architectures_of, num_target_layers, read_config_json, text_config  # noqa: F401
+from .conventions import validate_layer_ids as check_layer_ids
 from .errors import ConfigError, DraftsmithError
 from .method import TargetFeatures, TargetHeads, TargetRequest
 
@@ -61,22 +62,10 @@ def find_final_norm(model: nn.Module) -> nn.Module:
     raise DraftsmithError(f"cannot find the final norm of {type(model).__name__}: tried {', '.join(NORM_PATHS)}")
 
 
-def text_config(config: Any) -> Any:
-    """The language-model config (``text_config`` of multimodal wrappers, else the config itself)."""
-    return getattr(config, "text_config", None) or config
-
-
-def num_target_layers(config: Any) -> int:
-    return int(text_config(config).num_hidden_layers)
-
-
 def validate_layer_ids(layer_ids: Sequence[int], num_layers: int) -> None:
-    if len(set(layer_ids)) != len(layer_ids):
-        raise ConfigError(f"target layer ids {list(layer_ids)} contain duplicates")
-    bad = [i for i in layer_ids if not -1 <= i < num_layers]
-    if bad:
-        raise ConfigError(f"target layer ids {bad} out of range for a {num_layers}-layer target "
-                          f"(valid: -1 = embedding output, 0..{num_layers - 1} = output of that decoder layer)")
+    """Captured layer ids (may be empty: a method may want only ``final_hidden``); see
+    :func:`draftsmith.conventions.validate_layer_ids`."""
+    check_layer_ids(layer_ids, num_layers, allow_empty=True)
 
 
 def _first(output: Any) -> torch.Tensor:
@@ -170,19 +159,8 @@ def target_heads(model: nn.Module) -> TargetHeads:
 def check_target_dir(path: str | Path) -> Path:
     """Validate a local HF model directory with one-line errors."""
     path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"target path {str(path)!r} does not exist")
-    if not path.is_dir():
-        raise ConfigError(f"target path {str(path)!r} is not a directory")
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise ConfigError(f"target {str(path)!r} has no config.json")
-    try:
-        config = json.loads(config_file.read_text())
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{config_file}: invalid JSON ({exc})") from None
-    if not config.get("architectures"):
-        raise ConfigError(f"{config_file} has no 'architectures' list; cannot tell which draft applies")
+    config = read_config_json(path, what="target path")
+    architectures_of(config, path / "config.json")
     if not any(path.glob("*.safetensors")):
         if any(path.glob("*.bin")) or any(path.glob("*.pt")):
             raise ConfigError(f"target {str(path)!r} has only pickle weights (*.bin/*.pt); draftsmith loads "

@@ -82,7 +82,11 @@ def build_drafter(args, method, draft, heads, options):
     from draftsmith.errors import ConfigError, DraftsmithError
     from draftsmith.spec import import_object
 
-    cls = import_object(args.drafter) if args.drafter else method.load_drafter()
+    if args.drafter:
+        cls = import_object(args.drafter)  # a user-chosen class: its own signature decides
+    else:
+        cls = method.load_drafter()
+        options = method.drafter_kwargs(options)  # declared defaults + the user's options, validated
     try:
         return cls(draft, heads, **options)
     except (TypeError, ValueError, DraftsmithError) as exc:
@@ -106,8 +110,8 @@ def resolve_method(args, block: dict):
 
 
 def check_draft_matches_target(block: dict, target_config, draft_path: str) -> None:
+    from draftsmith.conventions import text_config
     from draftsmith.errors import ConfigError
-    from draftsmith.target import text_config
 
     want = block.get("target_num_hidden_layers")
     have = text_config(target_config).num_hidden_layers

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 HELP = "show which draft spec serves a method for an architecture or a local target, and its draft config"
 
@@ -21,22 +20,9 @@ def add_arguments(parser) -> None:
 
 def read_target_architectures(target: str) -> list[str]:
     """The ``architectures`` list of a local target's config.json, with one-line errors."""
-    from draftsmith.errors import ConfigError
+    from draftsmith.conventions import architectures_of, read_config_json
 
-    path = Path(target)
-    config_file = path / "config.json"
-    if not path.exists():
-        raise ConfigError(f"target path {target!r} does not exist")
-    if not config_file.is_file():
-        raise ConfigError(f"target path {target!r} has no config.json")
-    try:
-        config = json.loads(config_file.read_text())
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{config_file}: invalid JSON ({exc})") from None
-    archs = config.get("architectures") if isinstance(config, dict) else None
-    if not archs or not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
-        raise ConfigError(f"{config_file} has no 'architectures' list; cannot tell which draft applies")
-    return archs
+    return architectures_of(read_config_json(target, what="target path"), f"{target}/config.json")
 
 
 def parse_options(items: list[str]) -> dict:
@@ -73,8 +59,18 @@ def run(args) -> int:
     if args.target:
         from transformers import AutoConfig
 
+        from draftsmith import get_method
+        from draftsmith.conventions import num_target_layers
+
         target_config = AutoConfig.from_pretrained(args.target, trust_remote_code=False)
-        draft_config = spec.build_config(target_config, **parse_options(args.option))
+        options = parse_options(args.option)
+        method = get_method(args.method) if args.method in registry.methods() else None
+        if method is not None:
+            options = method.draft_kwargs(options)
+            # the method's layer policy (MethodSpec.layer_policy): what the draft reads when no ids are given
+            info["default_target_layer_ids"] = method.default_layer_ids(num_target_layers(target_config),
+                                                                        **options)
+        draft_config = spec.build_config(target_config, **options)
         info["draft_config"] = draft_config.to_dict() if hasattr(draft_config, "to_dict") else dict(draft_config)
     if args.json:
         print(json.dumps(info, indent=2, default=str))
@@ -82,6 +78,8 @@ def run(args) -> int:
     for key in ("method", "draft_method", "architectures", "draft_class", "priority", "plugin", "distribution",
                 "version"):
         print(f"{key:>13}: {info[key]}")
+    if "default_target_layer_ids" in info:
+        print(f"{'layer policy':>13}: {info['default_target_layer_ids']} (output-of-layer ids)")
     if "draft_config" in info:
         print("draft config:")
         print(json.dumps(info["draft_config"], indent=2, default=str))

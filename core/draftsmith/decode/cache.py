@@ -11,6 +11,7 @@ from typing import Any, Sequence
 
 import torch
 
+from ..conventions import text_config
 from ..errors import DraftsmithError
 
 
@@ -68,8 +69,7 @@ def compact(cache: Any, block_len: int, keep: Sequence[int]) -> None:
 
 
 def _text_config(model: Any) -> Any:
-    config = model.config
-    return config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    return text_config(model.config)
 
 
 def _as_attention_mask(visible: torch.Tensor, model: Any, dtype: torch.dtype) -> torch.Tensor:

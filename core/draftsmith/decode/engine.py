@@ -22,7 +22,7 @@ from typing import Any, Iterable
 import torch
 
 from ..errors import ConfigError, DraftsmithError
-from ..method import Proposal, TargetFeatures
+from ..method import Proposal, SuggestsNumTokens, TargetFeatures
 from ..target import FeatureCapture, target_heads
 from . import cache as kv
 from .plain import as_prompt, cache_kwargs, check_max_new_tokens, model_device, prefill, synchronize
@@ -35,11 +35,11 @@ DEFAULT_NUM_DRAFT_TOKENS = 7
 
 
 def default_num_tokens(drafter: Any) -> int:
-    """Drafts per round when the user does not say: the drafter's optional ``default_num_tokens``, else its
-    ``max_tokens`` (drafts one pass can produce), else its ``block_size``, else DEFAULT_NUM_DRAFT_TOKENS."""
-    for name in ("default_num_tokens", "max_tokens", "block_size"):
-        value = getattr(drafter, name, None)
-        if isinstance(value, int) and value >= 1:
+    """Drafts per round when the user does not say: the drafter's ``default_num_tokens`` (the optional
+    :class:`~draftsmith.method.SuggestsNumTokens` capability), else DEFAULT_NUM_DRAFT_TOKENS."""
+    if isinstance(drafter, SuggestsNumTokens):
+        value = drafter.default_num_tokens
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
             return value
     return DEFAULT_NUM_DRAFT_TOKENS
 

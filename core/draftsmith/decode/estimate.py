@@ -196,9 +196,10 @@ def replay_tau(objective: Any, batch: Mapping[str, torch.Tensor], features: Any,
                num_draft_tokens: int | None = None, stats: ReplayStats | None = None) -> ReplayStats | None:
     """Trajectory replay with ``objective.acceptance_lengths(batch, features)``; None when the method's
     objective does not provide acceptance lengths."""
-    fn = getattr(objective, "acceptance_lengths", None)
-    if fn is None:
+    from ..method import ReportsAcceptanceLengths
+
+    if not isinstance(objective, ReportsAcceptanceLengths):
         return None
     with torch.no_grad():
-        lengths = fn(batch, features)
+        lengths = objective.acceptance_lengths(batch, features)
     return replay_greedy(lengths, batch["loss_mask"], batch.get("attention_mask"), num_draft_tokens, stats)

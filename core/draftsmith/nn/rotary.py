@@ -14,27 +14,14 @@ from typing import Any
 import torch
 from torch import nn
 
-
-def rope_parameters_of(config: Any) -> dict:
-    """The rope parameters of a config (transformers 5 ``rope_parameters``; older ``rope_theta`` +
-    ``rope_scaling`` are normalised into the same dict)."""
-    params = getattr(config, "rope_parameters", None)
-    if isinstance(params, dict) and params:
-        params = dict(params)
-    else:
-        params = dict(getattr(config, "rope_scaling", None) or {})
-        if "type" in params and "rope_type" not in params:
-            params["rope_type"] = params.pop("type")
-        params.setdefault("rope_theta", getattr(config, "rope_theta", 10000.0))
-    params.setdefault("rope_type", "default")
-    return params
+from ..conventions import partial_rotary_factor, rope_parameters_of  # noqa: F401  (rope_parameters_of: public here too)
+from ..errors import ConfigError
 
 
 def _default_inv_freq(config: Any, head_dim: int) -> tuple[torch.Tensor, float]:
     params = rope_parameters_of(config)
     base = float(params["rope_theta"])
-    # transformers 5 may keep partial_rotary_factor inside rope_parameters rather than on the config
-    factor = float(params.get("partial_rotary_factor") or getattr(config, "partial_rotary_factor", 1.0) or 1.0)
+    factor = partial_rotary_factor(config)  # on the config, or inside rope_parameters (transformers 5)
     dim = int(head_dim * factor)
     inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).to(torch.float32) / dim))
     return inv_freq, 1.0
@@ -50,7 +37,7 @@ def compute_inv_freq(config: Any, head_dim: int | None = None) -> tuple[torch.Te
     if rope_type == "default":
         return _default_inv_freq(config, head_dim)
     if rope_type not in ROPE_INIT_FUNCTIONS:
-        raise ValueError(f"unsupported rope_type {rope_type!r}; transformers knows {sorted(ROPE_INIT_FUNCTIONS)}")
+        raise ConfigError(f"unsupported rope_type {rope_type!r}; transformers knows {sorted(ROPE_INIT_FUNCTIONS)}")
     cfg = copy.copy(config)
     cfg.head_dim = head_dim
     cfg.rope_parameters = params

@@ -79,10 +79,30 @@ def on_comm_device(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    """This process's data-parallel rank (0 without ``torch.distributed``)."""
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    """The data-parallel world size (1 without ``torch.distributed``)."""
+    return dist.get_world_size() if is_distributed() else 1
+
+
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized():
+    """Sum ``values`` over ranks in place (identity on one process); returns it."""
+    if is_distributed():
         dist.all_reduce(values)
     return values
+
+
+def global_sum(t: torch.Tensor) -> torch.Tensor:
+    """A detached copy of ``t`` summed over data-parallel ranks (objectives' global loss denominators)."""
+    return all_reduce_sum(on_comm_device(t.detach().clone())).to(t.device)
 
 
 def all_gather_objects(obj: Any) -> list[Any]:

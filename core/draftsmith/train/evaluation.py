@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
+from ..method import ReportsAcceptanceLengths
 from .distributed import all_reduce_sum
 
 
@@ -33,7 +34,7 @@ def evaluate(model: torch.nn.Module, draft: torch.nn.Module, objective: Any, bat
     """Token-weighted means of loss and metrics over ``batches`` (all ranks), plus replay τ if available."""
     was_training = draft.training
     draft.eval()
-    estimate = _replay_module() if hasattr(objective, "acceptance_lengths") else None
+    estimate = _replay_module() if isinstance(objective, ReportsAcceptanceLengths) else None
     replay = estimate.ReplayStats() if estimate is not None else None
     sums: dict[str, float] = {}
     tokens, loss_sum, num_batches = 0.0, 0.0, 0.0

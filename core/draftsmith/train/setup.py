@@ -166,12 +166,17 @@ class _LazyProxy:
 
 
 def vocab_size_of(target_config: Any) -> int:
-    from ..target import text_config
+    from ..conventions import text_config
 
     return int(text_config(target_config).vocab_size)
 
 
-def build_draft(spec: Any, target_config: Any, options: dict[str, Any], seed: int) -> nn.Module:
+def build_draft(spec: Any, target_config: Any, options: dict[str, Any], seed: int,
+                method: MethodSpec | None = None) -> nn.Module:
+    """The draft, built by the registered spec from the user's ``draft:`` options (checked against the method's
+    declared draft options when ``method`` is given)."""
+    if method is not None:
+        options = method.draft_kwargs(options)
     torch.manual_seed(seed)  # same initial draft on every rank and every run with this seed
     try:
         draft = spec.build(target_config, **options)
@@ -183,7 +188,7 @@ def build_draft(spec: Any, target_config: Any, options: dict[str, Any], seed: in
 
 
 def build_objective(method: MethodSpec, draft: nn.Module, heads: TargetHeads, options: dict[str, Any]) -> Any:
-    merged = {**method.default_options, **options}
+    merged = method.objective_kwargs(options)  # declared defaults + the user's method_options, validated
     cls = method.load_objective()
     try:
         return cls(draft, heads, **merged)
@@ -227,7 +232,7 @@ def build_setup(config: RunConfig, info: DistInfo, device: torch.device, *,
             heads = _own_heads(heads)  # drafts copy/reference full tables, never the shards
             shard_target(target, info)
 
-    draft = build_draft(spec, target_config, dict(config.draft), config.train.seed).to(device)
+    draft = build_draft(spec, target_config, dict(config.draft), config.train.seed, method).to(device)
     objective = build_objective(method, draft, heads, dict(config.method_options))
     request = objective.target_request()
     setup = Setup(config=config, dist=info, device=device, method=method, spec=spec, target_config=target_config,

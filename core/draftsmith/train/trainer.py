@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, TrainingError
+from ..method import HasRunState, PreparesFromTokenCounts
 from . import checkpointing as ckpt
 from .config import RunConfig, dump_yaml, to_dict
 from .batching import EpochBatches, make_loader, row_datasets
@@ -183,8 +184,8 @@ class Trainer:
             obj = self.setup.objective
             trainer_state = {"optimizer": optim, "scheduler": self.scheduler.state_dict(), "rng": rngs,
                              "step": self.step}
-            if not isinstance(obj, torch.nn.Module) and callable(getattr(obj, "state_dict", None)):
-                trainer_state["objective"] = obj.state_dict()
+            if isinstance(obj, HasRunState):
+                trainer_state["objective"] = obj.run_state()
             meta = {"epoch": self.epoch, "rows_in_epoch": self.rows_in_epoch, "world_size": self.info.world_size,
                     "global_batch": self.global_batch, "method": self.config.method,
                     "target": self.config.target.path, "config": to_dict(self.config)}
@@ -210,8 +211,8 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         rngs = state["rng"]
         ckpt.set_rng_state(rngs[self.info.rank] if self.info.rank < len(rngs) else rngs[0])
-        if "objective" in state and callable(getattr(self.setup.objective, "load_state_dict", None)):
-            self.setup.objective.load_state_dict(state["objective"])
+        if "objective" in state and isinstance(self.setup.objective, HasRunState):
+            self.setup.objective.load_run_state(state["objective"])
         self.step = int(state["step"])
         self.epoch, self.rows_in_epoch = int(self._resume_meta["epoch"]), int(self._resume_meta["rows_in_epoch"])
 
@@ -228,7 +229,7 @@ class Trainer:
         self.setup = setup = build_setup(cfg, self.info, self.device, log=self._log)
         self._loaders(setup)
         counts = self._token_counts(setup)
-        if hasattr(setup.objective, "prepare"):
+        if isinstance(setup.objective, PreparesFromTokenCounts):
             setup.objective.prepare(counts.to(self.device))
         if self.resume_from is not None:
             self._restore_weights(self.resume_from)

@@ -4,7 +4,7 @@ names NeMo AutoModel users know, as views over draftsmith's live registry."""
 from __future__ import annotations
 
 from draftsmith import DraftSpec, resolve_draft_spec
-from draftsmith.registry import DraftRegistryView
+from draftsmith.views import DraftRegistryView
 
 # Qwen3-shaped targets first; Llama-shaped targets work with the same config-driven class (q_norm/k_norm are
 # part of the draft, not of the target).

@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 from draftsmith import DraftSpec, resolve_draft_spec
 from draftsmith.errors import ConfigError
-from draftsmith.registry import DraftRegistryView
+from draftsmith.views import DraftRegistryView
 
 ARCHITECTURES = (
     "Qwen3ForCausalLM",

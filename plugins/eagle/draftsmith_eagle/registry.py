@@ -6,7 +6,7 @@ Also the names NeMo AutoModel users know, as views over draftsmith's live regist
 from __future__ import annotations
 
 from draftsmith import DraftSpec, resolve_draft_spec
-from draftsmith.registry import DraftRegistryView
+from draftsmith.views import DraftRegistryView
 
 # Same-shaped (Llama-like) dense targets: one config-driven draft class serves them all.
 DENSE_ARCHITECTURES = (

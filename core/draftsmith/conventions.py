@@ -1,0 +1,220 @@
+"""Target conventions: the one place that reads a target's HF config the way every draft needs it.
+
+Every plugin and core itself go through these functions, so a rule is decided once:
+
+* :func:`text_config` — the language-model config (``get_text_config(decoder=True)`` of multimodal wrappers,
+  ``text_config``, else the config itself); :func:`num_target_layers`, :func:`eos_token_ids`.
+* :func:`rope_parameters_of` — transformers 5 ``rope_parameters`` (older ``rope_theta`` + ``rope_scaling``
+  normalised into the same dict); :func:`partial_rotary_factor` reads it from the config or the rope dict.
+* :func:`draft_fields` — the sizes and conventions a draft copies from its target, under their Llama/Qwen3
+  names: vocab, hidden/intermediate size, heads, ``head_dim``, activation, eps, ``max_position_embeddings``
+  (the target's; 32768 when it has none), rope parameters incl. YaRN/llama3 and partial rotary, bias flags,
+  special ids, init range.
+* :func:`validate_layer_ids` — output-of-layer ids (DESIGN §6: ``i`` = output of decoder layer ``i``, ``-1`` =
+  the embedding output), one rule with named switches; :func:`validate_mask_token_id` — a reserved id inside
+  the vocab, never pad or eos.
+* :func:`read_config_json` — a local ``config.json`` as a dict, with one-line errors.
+
+Torch-free (only ``json``): imported by light modules such as ``draftsmith.checkpoint``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import operator
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from .errors import ConfigError
+
+DEFAULT_MAX_POSITION_EMBEDDINGS = 32768  # when a target config has none (Qwen3's default; engines size rotary by it)
+
+
+# -- reading configs -------------------------------------------------------------------------------------------
+def read_config_json(directory: str | Path, *, what: str = "directory", error: type[Exception] = ConfigError
+                     ) -> dict[str, Any]:
+    """``directory/config.json`` as a dict; ``error`` (one line) when the directory or file is missing or the
+    JSON is invalid. ``what`` names the directory in the messages (``"target path"``, ``"draft directory"``)."""
+    path = Path(directory)
+    if not path.exists():
+        raise error(f"{what} {str(path)!r} does not exist")
+    if not path.is_dir():
+        raise error(f"{what} {str(path)!r} is not a directory")
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise error(f"{what} {str(path)!r} has no config.json")
+    try:
+        config = json.loads(config_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise error(f"{config_file}: invalid JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise error(f"{config_file}: the top level must be a JSON object")
+    return config
+
+
+def architectures_of(config: dict[str, Any], config_file: Any = "config.json") -> list[str]:
+    """The ``architectures`` list of a config dict (non-empty list of strings), else a ConfigError."""
+    archs = config.get("architectures")
+    if not archs or not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
+        raise ConfigError(f"{config_file} has no 'architectures' list; cannot tell which draft applies")
+    return archs
+
+
+# -- the text config and its facts -----------------------------------------------------------------------------
+def text_config(config: Any) -> Any:
+    """The language-model config of a target (the config itself for text-only models)."""
+    getter = getattr(config, "get_text_config", None)
+    if callable(getter):
+        try:
+            text = getter(decoder=True)
+        except TypeError:  # an older or third-party signature without ``decoder``
+            text = getter()
+        if text is not None:
+            return text
+    return getattr(config, "text_config", None) or config
+
+
+def num_target_layers(config: Any) -> int:
+    return int(text_config(config).num_hidden_layers)
+
+
+def eos_token_ids(config: Any) -> tuple[int, ...]:
+    """The config's ``eos_token_id`` (an int or a list) as a tuple of ints."""
+    eos = getattr(config, "eos_token_id", None)
+    if eos is None:
+        return ()
+    return (int(eos),) if isinstance(eos, int) else tuple(int(e) for e in eos)
+
+
+def rope_parameters_of(config: Any) -> dict:
+    """The rope parameters of a config as one dict with ``rope_type`` and ``rope_theta``."""
+    params = getattr(config, "rope_parameters", None)
+    if isinstance(params, dict) and params:
+        params = dict(params)
+    else:
+        params = dict(getattr(config, "rope_scaling", None) or {})
+        if "type" in params and "rope_type" not in params:
+            params["rope_type"] = params.pop("type")
+        params.setdefault("rope_theta", getattr(config, "rope_theta", 10000.0))
+    params.setdefault("rope_type", "default")
+    return params
+
+
+def partial_rotary_factor(config: Any) -> float:
+    """The fraction of each head that rotates (config attribute, or inside ``rope_parameters``); 1.0 if unset."""
+    factor = getattr(config, "partial_rotary_factor", None)
+    if factor is None:
+        factor = rope_parameters_of(config).get("partial_rotary_factor")
+    return float(factor if factor is not None else 1.0)
+
+
+def draft_fields(target_config: Any) -> dict[str, Any]:
+    """The fields every draft copies from its target, as ``PretrainedConfig`` keyword arguments.
+
+    ``rope_parameters`` keeps every rope key of the target (YaRN, llama3, longrope ...) except the multimodal
+    ``mrope*`` ones (drafts are text-only); a partial rotary factor other than 1 is written both inside
+    ``rope_parameters`` (transformers 5) and as the ``partial_rotary_factor`` attribute (what
+    :mod:`draftsmith.nn.rotary` and engines pinned to transformers 4 read). ``attention_bias`` biases q/k/v/o
+    (Llama semantics), ``mlp_bias`` the MLP.
+    """
+    text = text_config(target_config)
+    for name in ("hidden_size", "num_attention_heads", "intermediate_size", "vocab_size", "num_hidden_layers"):
+        if getattr(text, name, None) is None:
+            raise ConfigError(f"target config {type(text).__name__} has no {name!r}: cannot size a draft for it")
+    heads = int(text.num_attention_heads)
+    kv_heads = int(getattr(text, "num_key_value_heads", None) or heads)
+    if heads % kv_heads:
+        raise ConfigError(f"num_attention_heads={heads} is not a multiple of num_key_value_heads={kv_heads}")
+    rope = {k: v for k, v in copy.deepcopy(rope_parameters_of(text)).items() if not k.startswith("mrope")}
+    factor = partial_rotary_factor(text)
+    extra: dict[str, Any] = {}
+    if factor != 1.0:
+        rope["partial_rotary_factor"] = factor
+        extra["partial_rotary_factor"] = factor
+    else:
+        rope.pop("partial_rotary_factor", None)
+    eos = getattr(text, "eos_token_id", None)
+    return {
+        **extra,
+        "vocab_size": int(text.vocab_size),
+        "hidden_size": int(text.hidden_size),
+        "intermediate_size": int(text.intermediate_size),
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "head_dim": int(getattr(text, "head_dim", None) or text.hidden_size // heads),
+        "hidden_act": getattr(text, "hidden_act", None) or getattr(text, "hidden_activation", None) or "silu",
+        "rms_norm_eps": float(getattr(text, "rms_norm_eps", None) or 1e-6),
+        "max_position_embeddings": int(getattr(text, "max_position_embeddings", None)
+                                       or DEFAULT_MAX_POSITION_EMBEDDINGS),
+        "rope_parameters": rope,
+        "attention_bias": bool(getattr(text, "attention_bias", False) or False),
+        "mlp_bias": bool(getattr(text, "mlp_bias", False) or False),
+        "pad_token_id": getattr(text, "pad_token_id", None),
+        "bos_token_id": getattr(text, "bos_token_id", None),
+        "eos_token_id": list(eos) if isinstance(eos, (list, tuple)) else eos,
+        "initializer_range": float(getattr(text, "initializer_range", None) or 0.02),
+    }
+
+
+# -- validation ------------------------------------------------------------------------------------------------
+def validate_layer_ids(layer_ids: Any, num_layers: int, *, name: str = "target_layer_ids",
+                       allow_empty: bool = False, increasing: bool = False) -> list[int]:
+    """Output-of-layer ids as a list of ints: each an integer (not a bool) in ``[-1, num_layers - 1]`` (``-1``
+    = the embedding output), no duplicates; non-empty unless ``allow_empty``; strictly increasing when
+    ``increasing`` (methods whose feature order is fixed by their checkpoint format). ConfigError otherwise."""
+    if isinstance(layer_ids, (str, bytes)) or not isinstance(layer_ids, Iterable):
+        raise ConfigError(f"{name} must be a list of integers, got {layer_ids!r}")
+    ids = []
+    for i in layer_ids:
+        try:  # ints and int-like values (numpy / torch integers); never bools, floats or strings
+            if isinstance(i, bool):
+                raise TypeError
+            ids.append(operator.index(i))
+        except TypeError:
+            raise ConfigError(f"{name} must be integers, got {i!r} in {list(layer_ids)}") from None
+    if not ids and not allow_empty:
+        raise ConfigError(f"{name} must not be empty")
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"{name} {ids} contain duplicates")
+    bad = [i for i in ids if not -1 <= i < num_layers]
+    if bad:
+        raise ConfigError(f"{name} {bad} out of range for a {num_layers}-layer target (valid: -1 = embedding "
+                          f"output, 0..{num_layers - 1} = output of that decoder layer)")
+    if increasing and any(b <= a for a, b in zip(ids, ids[1:])):
+        raise ConfigError(f"{name} must be strictly increasing, got {ids}")
+    return ids
+
+
+def validate_mask_token_id(mask_token_id: Any, vocab_size: int, *, pad_token_id: Any = None,
+                           eos_token_ids: Sequence[int] = (), method: str = "this method",
+                           example: str = "e.g. 151669 for Qwen3") -> int:
+    """The mask token of a block drafter: an explicit int inside ``[0, vocab_size)``, never pad or an eos id."""
+    if mask_token_id is None:
+        raise ConfigError(f"{method} needs `mask_token_id`: a reserved token id (inside the target vocab, not "
+                          f"pad/eos) whose embedding fills the block's draft slots, {example} (draft option "
+                          f"mask_token_id)")
+    if isinstance(mask_token_id, bool) or not isinstance(mask_token_id, int):
+        raise ConfigError(f"mask_token_id must be an int, got {mask_token_id!r}")
+    if not 0 <= mask_token_id < int(vocab_size):
+        raise ConfigError(f"mask_token_id {mask_token_id} is outside the target vocab [0, {int(vocab_size)})")
+    if pad_token_id is not None and mask_token_id == pad_token_id:
+        raise ConfigError(f"mask_token_id {mask_token_id} is the target's pad token id; pick a reserved id")
+    if mask_token_id in set(eos_token_ids or ()):
+        raise ConfigError(f"mask_token_id {mask_token_id} is one of the target's eos token ids; pick a reserved id")
+    return mask_token_id
+
+
+def validate_mask_token_for(mask_token_id: Any, target_config: Any, **kwargs: Any) -> int:
+    """:func:`validate_mask_token_id` against a target config (its text config's vocab, pad and eos ids)."""
+    text = text_config(target_config)
+    return validate_mask_token_id(mask_token_id, int(text.vocab_size), pad_token_id=getattr(text, "pad_token_id", None),
+                                  eos_token_ids=eos_token_ids(text), **kwargs)
+
+
+def check_option_names(component: str, given: Iterable[str], known: Iterable[str]) -> None:
+    """A ConfigError naming the unknown options of ``component`` and the accepted ones (a typo is never ignored)."""
+    known = set(known)
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise ConfigError(f"{component}: unknown option(s) {unknown}; accepted: {sorted(known)}")
