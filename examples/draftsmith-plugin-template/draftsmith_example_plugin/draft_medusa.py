@@ -10,19 +10,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import PretrainedConfig, PreTrainedModel
+from transformers import PreTrainedModel
 
-from draftsmith.checkpoint import draft_metadata
-
-
-class MedusaDraftConfig(PretrainedConfig):
-    model_type = "draftsmith_medusa"
-
-    def __init__(self, hidden_size: int = 64, num_heads: int = 3, vocab_size: int = 128, **kwargs: Any) -> None:
-        self.hidden_size = hidden_size
-        self.num_heads = num_heads
-        self.vocab_size = vocab_size
-        super().__init__(**kwargs)
+from .config import MedusaDraftConfig, build_medusa_config
 
 
 class ResidualHead(nn.Module):
@@ -51,11 +41,9 @@ class MedusaDraftModel(PreTrainedModel):
             nn.init.zeros_(module.linear.bias)
 
     @classmethod
-    def build_draft_config(cls, target_config: Any, num_heads: int = 3, **_options: Any) -> MedusaDraftConfig:
-        config = MedusaDraftConfig(hidden_size=target_config.hidden_size, num_heads=num_heads,
-                                   vocab_size=target_config.vocab_size)
-        config.draftsmith = draft_metadata("medusa", f"{cls.__module__}:{cls.__qualname__}", target_config)
-        return config
+    def build_draft_config(cls, target_config: Any, **options: Any) -> MedusaDraftConfig:
+        """Options: ``num_heads`` (3); see config.py."""
+        return build_medusa_config(target_config, f"{cls.__module__}:{cls.__qualname__}", **options)
 
     def bind_lm_head(self, lm_head: nn.Module) -> None:
         self._lm_head[:] = [lm_head]

@@ -1,29 +1,22 @@
-"""Hook implementations of the template plugin. Keep this module light: no torch import here.
+"""Hook implementations of the template plugin (its entry point). Keep this module light: no torch import here.
 
-(a) Appends an architecture to an existing method with an existing draft class: OLMo targets are Llama-shaped,
-    so the EAGLE-3 plugin's config-driven dense draft serves them unchanged.
-(b) Registers a whole new method, ``medusa``: K extra decoding heads on the target's last hidden state, with
-    its own draft class, training objective and drafting procedure.
+The layout is the first-party plugins' skeleton: ``plugin.py`` (hooks), ``registry.py`` (draft specs and the
+option tables, torch-free), ``config.py`` (draft config), ``draft_<name>.py`` (the model), ``objective.py`` +
+``loss.py`` (training), ``drafting.py`` (decoding), ``export.py`` (formats).
 """
 
 from __future__ import annotations
 
 import draftsmith
-from draftsmith import DraftSpec, MethodSpec
+from draftsmith import MethodSpec
+
+from .registry import DRAFT_OPTIONS, DRAFTER_OPTIONS, OBJECTIVE_OPTIONS, SPECS
 
 
 @draftsmith.hookimpl
 def draftsmith_register_drafts(registry):
-    registry.register(DraftSpec(
-        method="eagle3",
-        architectures=("OlmoForCausalLM", "Olmo2ForCausalLM"),
-        draft_cls="draftsmith_eagle.draft_llama:LlamaEagle3DraftModel",
-    ))
-    registry.register(DraftSpec(
-        method="medusa",
-        architectures=("LlamaForCausalLM", "Qwen3ForCausalLM", "Qwen2ForCausalLM", "OlmoForCausalLM"),
-        draft_cls="draftsmith_example_plugin.draft_medusa:MedusaDraftModel",
-    ))
+    for spec in SPECS:
+        registry.register(spec)
 
 
 @draftsmith.hookimpl
@@ -31,7 +24,8 @@ def draftsmith_register_methods(registry):
     registry.register_method(MethodSpec(
         name="medusa",
         summary="Medusa-style heads: head k predicts the token k+1 steps past the target's next token",
-        objective="draftsmith_example_plugin.medusa:MedusaObjective",
-        drafter="draftsmith_example_plugin.medusa:MedusaDrafter",
-        default_options={},
+        objective="draftsmith_example_plugin.objective:MedusaObjective",
+        drafter="draftsmith_example_plugin.drafting:MedusaDrafter",
+        export_formats={"native": "draftsmith_example_plugin.export:export_native"},
+        draft_options=DRAFT_OPTIONS, objective_options=OBJECTIVE_OPTIONS, drafter_options=DRAFTER_OPTIONS,
     ))
