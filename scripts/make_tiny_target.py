@@ -19,6 +19,9 @@ Regenerate (21 min on an idle 2-core AVX2 machine, fp32; ``--resume`` continues 
 
 Bit-exact reproduction needs the same CPython patch release (the corpus), torch version, thread count and CPU kind;
 other 3.11.x releases give a near-identical corpus (the script prints its hash) and a comparable model.
+
+One file (~630 lines) on purpose: a one-off, self-contained build script (corpus, tokenizer, training loop with
+resumable checkpoints, evaluation) that must reproduce the shipped target from this file alone.
 """
 
 from __future__ import annotations

@@ -12,6 +12,9 @@ Conventions fixed here (DESIGN §6):
   ``heads.lm_head(final_hidden)`` are the target's logits. Methods that need target logits ask for
   ``final_hidden`` and apply ``heads.lm_head`` themselves (offline feature files then stay small: H per token,
   not V).
+
+Slightly over ~300 lines: the whole plugin contract (data passed both ways, the protocols and their optional
+capabilities, MethodSpec) is read in one place.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ type and default by walking it (:func:`describe_keys`). Two sections are free-fo
 the method itself: ``draft`` (options of the draft's ``build_draft_config``) and ``method_options`` (options of
 the method's objective, over ``MethodSpec.default_options``).
 
-Torch-free: imported by ``draftsmith train --help``.
+Torch-free: imported by ``draftsmith train --help``. Longer than most modules (~380 lines): it is the whole
+schema (every section and key with its help text) plus its parser, kept together so the schema has one home.
 """
 
 from __future__ import annotations

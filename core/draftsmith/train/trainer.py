@@ -8,6 +8,10 @@ writes the final draft with ``save_pretrained`` to ``<output_dir>/final``.
 
 Resuming restores draft weights, optimizer, scheduler, every rank's RNG and the data position, so a run
 killed at any point and resumed ends with the same weights as one that never stopped.
+
+Longer than most modules (~390 lines) because the loop, its checkpoint save/restore and its data position are one
+state machine; the pieces that stand alone (checkpoint files, distributed wrapping, evaluation, progress, batching)
+live in their own modules.
 """
 
 from __future__ import annotations
