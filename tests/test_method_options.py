@@ -27,6 +27,25 @@ def test_each_section_accepts_only_its_declared_options_and_names_the_right_one(
         SPEC.drafter_kwargs({"seed": 1})
 
 
+def test_route_options_treats_both_config_sections_as_one_namespace():
+    spec = MethodSpec(name="r", draft_options={"block_size": 8, "num_anchors": 512},
+                      objective_options={"num_anchors": None, "seed": 0})
+    draft, objective = spec.route_options({"block_size": 4}, {"num_anchors": 6, "block_size": 4})
+    assert draft == {"block_size": 4, "num_anchors": 6}  # num_anchors is declared by both: both get it
+    assert objective == {"num_anchors": 6, "seed": 0}
+    assert spec.route_options({"seed": 3}, {}) == ({}, {"num_anchors": None, "seed": 3})  # routed to the objective
+    with pytest.raises(ConfigError, match=r"\['block_size'\] given in both draft and method_options with different "
+                                          r"values: block_size=4 vs 5"):
+        spec.route_options({"block_size": 4}, {"block_size": 5})
+    with pytest.raises(ConfigError, match=r"unknown option\(s\) \['blok_size'\]; draft options: \['block_size', "
+                                          r"'num_anchors'\]; method_options: \['num_anchors', 'seed'\]"):
+        spec.route_options({"blok_size": 4}, {})
+    legacy = MethodSpec(name="old", draft_options={"k": 1}, default_options={"scale": 1.0})
+    assert legacy.route_options({"k": 2}, {"x": 1}) == ({"k": 2}, {"scale": 1.0, "x": 1})
+    with pytest.raises(ConfigError, match="unknown draft option"):
+        legacy.route_options({"x": 1}, {})
+
+
 def test_undeclared_tables_pass_through_and_default_options_stays_the_objective_defaults():
     legacy = MethodSpec(name="old", default_options={"scale": 1.0})  # an older third-party plugin
     assert legacy.objective_options is None and legacy.default_options == {"scale": 1.0}

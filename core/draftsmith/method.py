@@ -202,9 +202,9 @@ class MethodSpec:
     * ``export_formats``: format name → ``f(draft, out_dir, **options)`` writing an engine checkpoint.
     * ``draft_options`` / ``objective_options`` / ``drafter_options``: the options each component accepts, name →
       default (``None`` = derived from the target or the draft). Declared once here; core validates the user's
-      ``draft:`` section, ``method_options:`` and ``eval --drafter-option`` against them (a typo or an option in
-      the wrong section is a one-line ConfigError naming the right section) and hands each component only its own
-      options (objective and drafter defaults applied). ``None`` (undeclared) passes everything through unchecked.
+      options against them and routes each to the component(s) declaring it (:meth:`route_options`: a typo, or a
+      contradiction between the config's ``draft:`` and ``method_options:`` sections, is a one-line ConfigError),
+      objective and drafter defaults applied. ``None`` (undeclared) passes a section through unchecked.
       ``default_options`` (the older field) gives objective defaults without declaring the accepted names; it
       always reads as the objective defaults.
 
@@ -289,18 +289,49 @@ class MethodSpec:
         raise ConfigError(f"method {self.name!r}: unknown {section} option(s) {unknown}"
                           f"{' (' + hints + ')' if hints else ''}; {section} options: {sorted(own)}")
 
+    def route_options(self, draft: Mapping[str, Any] | None = None, method_options: Mapping[str, Any] | None = None
+                      ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """``(draft kwargs, objective kwargs)`` from a run config's ``draft:`` and ``method_options:`` sections.
+
+        With both tables declared, the two sections are one namespace: every option goes to each component that
+        declares it (e.g. DSpark's ``num_anchors`` to the draft config and the objective), wherever the user wrote
+        it; an option no component declares, or given twice with different values, is a ConfigError. The objective
+        gets its declared defaults under the user's values; the draft applies its own defaults (the same table).
+        Undeclared tables keep the sections as given (each declared one still checked)."""
+        from .errors import ConfigError
+
+        draft, method_options = dict(draft or {}), dict(method_options or {})
+        if self.draft_options is None or self.objective_options is None:
+            self.check_options("draft", draft)
+            self.check_options("method_options", method_options)
+            return draft, {**self.default_options, **method_options}
+        clash = sorted(k for k in set(draft) & set(method_options) if draft[k] != method_options[k])
+        if clash:
+            raise ConfigError(f"method {self.name!r}: option(s) {clash} given in both draft and method_options with "
+                              f"different values: " + ", ".join(f"{k}={draft[k]!r} vs {method_options[k]!r}"
+                                                                 for k in clash))
+        given = {**method_options, **draft}
+        unknown = sorted(set(given) - set(self.draft_options) - set(self.objective_options))
+        if unknown:
+            raise ConfigError(f"method {self.name!r}: unknown option(s) {unknown}; draft options: "
+                              f"{sorted(self.draft_options)}; method_options: {sorted(self.objective_options)}")
+        to_draft = {k: v for k, v in given.items() if k in self.draft_options}
+        to_objective = {k: v for k, v in given.items() if k in self.objective_options}
+        return to_draft, {**self.default_options, **to_objective}
+
     def objective_kwargs(self, options: Mapping[str, Any]) -> dict[str, Any]:
-        """The objective's keyword arguments: declared defaults overridden by ``options`` (validated)."""
+        """The objective's keyword arguments: declared defaults overridden by ``options`` (checked against the
+        objective's table)."""
         self.check_options("method_options", options)
         return {**self.default_options, **options}
 
     def drafter_kwargs(self, options: Mapping[str, Any]) -> dict[str, Any]:
-        """The drafter's keyword arguments: declared defaults overridden by ``options`` (validated)."""
+        """The drafter's keyword arguments: declared defaults overridden by ``options`` (checked)."""
         self.check_options("drafter", options)
         return {**(self.drafter_options or {}), **options}
 
     def draft_kwargs(self, options: Mapping[str, Any]) -> dict[str, Any]:
-        """The draft builder's keyword arguments: the user's ``options`` (validated; the draft applies its own
+        """The draft builder's keyword arguments: the user's ``options`` (checked; the draft applies its own
         defaults, which are the declared ones)."""
         self.check_options("draft", options)
         return dict(options)

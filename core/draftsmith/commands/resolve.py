@@ -66,7 +66,7 @@ def run(args) -> int:
         options = parse_options(args.option)
         method = get_method(args.method) if args.method in registry.methods() else None
         if method is not None:
-            options = method.draft_kwargs(options)
+            options = method.route_options(draft=options)[0]
             # the method's layer policy (MethodSpec.layer_policy): what the draft reads when no ids are given
             info["default_target_layer_ids"] = method.default_layer_ids(num_target_layers(target_config),
                                                                         **options)

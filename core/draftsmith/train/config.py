@@ -2,9 +2,9 @@
 
 The schema is the single source of truth: YAML files and ``--set a.b=c`` overrides are validated against it
 (unknown keys are an error with a did-you-mean), and ``draftsmith train --help`` lists every key with its
-type and default by walking it (:func:`describe_keys`). Two sections are free-form dictionaries validated by
-the method itself: ``draft`` (options of the draft's ``build_draft_config``) and ``method_options`` (options of
-the method's objective, over ``MethodSpec.default_options``).
+type and default by walking it (:func:`describe_keys`). Two sections are free-form dictionaries checked against
+the option tables the method declares (``MethodSpec.route_options``): ``draft`` (options of the draft's
+``build_draft_config``) and ``method_options`` (options of the method's objective).
 
 Torch-free: imported by ``draftsmith train --help``. Longer than most modules (~380 lines): it is the whole
 schema (every section and key with its help text) plus its parser, kept together so the schema has one home.

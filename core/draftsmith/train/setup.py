@@ -94,12 +94,8 @@ def vocab_size_of(target_config: Any) -> int:
     return int(text_config(target_config).vocab_size)
 
 
-def build_draft(spec: Any, target_config: Any, options: dict[str, Any], seed: int,
-                method: MethodSpec | None = None) -> nn.Module:
-    """The draft, built by the registered spec from the user's ``draft:`` options (checked against the method's
-    declared draft options when ``method`` is given)."""
-    if method is not None:
-        options = method.draft_kwargs(options)
+def build_draft(spec: Any, target_config: Any, options: dict[str, Any], seed: int) -> nn.Module:
+    """The draft, built by the registered spec from its options (routed by ``MethodSpec.route_options``)."""
     torch.manual_seed(seed)  # same initial draft on every rank and every run with this seed
     try:
         draft = spec.build(target_config, **options)
@@ -111,7 +107,7 @@ def build_draft(spec: Any, target_config: Any, options: dict[str, Any], seed: in
 
 
 def build_objective(method: MethodSpec, draft: nn.Module, heads: TargetHeads, options: dict[str, Any]) -> Any:
-    merged = method.objective_kwargs(options)  # declared defaults + the user's method_options, validated
+    merged = method.objective_kwargs(options)  # declared defaults + the given options, checked
     cls = method.load_objective()
     try:
         return cls(draft, heads, **merged)
@@ -155,8 +151,9 @@ def build_setup(config: RunConfig, info: DistInfo, device: torch.device, *,
             heads = _own_heads(heads)  # drafts copy/reference full tables, never the shards
             shard_target(target, info)
 
-    draft = build_draft(spec, target_config, dict(config.draft), config.train.seed, method).to(device)
-    objective = build_objective(method, draft, heads, dict(config.method_options))
+    draft_options, objective_options = method.route_options(config.draft, config.method_options)
+    draft = build_draft(spec, target_config, draft_options, config.train.seed).to(device)
+    objective = build_objective(method, draft, heads, objective_options)
     request = objective.target_request()
     setup = Setup(config=config, dist=info, device=device, method=method, spec=spec, target_config=target_config,
                   target=target, tokenizer=tokenizer, chat_template=template, heads=heads, draft=draft,
