@@ -266,62 +266,28 @@ class MethodSpec:
             raise KeyError(fmt)
         return _load(self.export_formats[fmt])
 
-    # -- options ----------------------------------------------------------------------------------------------
+    # -- options (the rules live in draftsmith.options) --------------------------------------------------------
     def _tables(self) -> dict[str, OptionTable | None]:
         return {"draft": self.draft_options, "method_options": self.objective_options,
                 "drafter": self.drafter_options}
 
     def check_options(self, section: str, options: Mapping[str, Any]) -> None:
-        """ConfigError for options the ``section``'s component does not declare (``draft``,
-        ``method_options`` or ``drafter``), naming the section an option does belong to."""
-        from .errors import ConfigError
+        """ConfigError for options the ``section``'s component (``draft``, ``method_options`` or ``drafter``)
+        does not declare, naming the section an option does belong to."""
+        from .options import check_section
 
-        tables = self._tables()
-        own = tables[section]
-        if own is None:
-            return
-        unknown = sorted(set(options) - set(own))
-        if not unknown:
-            return
-        where = {name: [s for s, t in tables.items() if s != section and t is not None and name in t]
-                 for name in unknown}
-        hints = "; ".join(f"{n} is a {'/'.join(w)} option" for n, w in where.items() if w)
-        raise ConfigError(f"method {self.name!r}: unknown {section} option(s) {unknown}"
-                          f"{' (' + hints + ')' if hints else ''}; {section} options: {sorted(own)}")
+        check_section(self.name, self._tables(), section, options)
 
     def route_options(self, draft: Mapping[str, Any] | None = None, method_options: Mapping[str, Any] | None = None
                       ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """``(draft kwargs, objective kwargs)`` from a run config's ``draft:`` and ``method_options:`` sections.
+        """``(draft kwargs, objective kwargs)`` from a run config's ``draft:`` and ``method_options:`` sections
+        (see :func:`draftsmith.options.route`)."""
+        from .options import route
 
-        With both tables declared, the two sections are one namespace: every option goes to each component that
-        declares it (e.g. DSpark's ``num_anchors`` to the draft config and the objective), wherever the user wrote
-        it; an option no component declares, or given twice with different values, is a ConfigError. The objective
-        gets its declared defaults under the user's values; the draft applies its own defaults (the same table).
-        Undeclared tables keep the sections as given (each declared one still checked)."""
-        from .errors import ConfigError
-
-        draft, method_options = dict(draft or {}), dict(method_options or {})
-        if self.draft_options is None or self.objective_options is None:
-            self.check_options("draft", draft)
-            self.check_options("method_options", method_options)
-            return draft, {**self.default_options, **method_options}
-        clash = sorted(k for k in set(draft) & set(method_options) if draft[k] != method_options[k])
-        if clash:
-            raise ConfigError(f"method {self.name!r}: option(s) {clash} given in both draft and method_options with "
-                              f"different values: " + ", ".join(f"{k}={draft[k]!r} vs {method_options[k]!r}"
-                                                                 for k in clash))
-        given = {**method_options, **draft}
-        unknown = sorted(set(given) - set(self.draft_options) - set(self.objective_options))
-        if unknown:
-            raise ConfigError(f"method {self.name!r}: unknown option(s) {unknown}; draft options: "
-                              f"{sorted(self.draft_options)}; method_options: {sorted(self.objective_options)}")
-        to_draft = {k: v for k, v in given.items() if k in self.draft_options}
-        to_objective = {k: v for k, v in given.items() if k in self.objective_options}
-        return to_draft, {**self.default_options, **to_objective}
+        return route(self.name, self._tables(), self.default_options, draft or {}, method_options or {})
 
     def objective_kwargs(self, options: Mapping[str, Any]) -> dict[str, Any]:
-        """The objective's keyword arguments: declared defaults overridden by ``options`` (checked against the
-        objective's table)."""
+        """The objective's keyword arguments: declared defaults overridden by ``options`` (checked)."""
         self.check_options("method_options", options)
         return {**self.default_options, **options}
 
@@ -331,8 +297,7 @@ class MethodSpec:
         return {**(self.drafter_options or {}), **options}
 
     def draft_kwargs(self, options: Mapping[str, Any]) -> dict[str, Any]:
-        """The draft builder's keyword arguments: the user's ``options`` (checked; the draft applies its own
-        defaults, which are the declared ones)."""
+        """The draft builder's keyword arguments (checked; the draft applies its own defaults, the declared ones)."""
         self.check_options("draft", options)
         return dict(options)
 
