@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from draftsmith.errors import DataError
+
 
 class ConfidenceHead(nn.Module):
     """``proj: Linear(H [+ r] → 1)`` with bias; logits are returned in fp32 (they feed BCE and σ)."""
@@ -30,10 +32,10 @@ class ConfidenceHead(nn.Module):
         """hidden (..., H), prev_embedding ``W1[x_{k-1}]`` (..., r) when built with a Markov rank -> (...) fp32."""
         if self.uses_markov:
             if prev_embedding is None:
-                raise ValueError("this confidence head was built with Markov features: pass W1[prev]")
+                raise DataError("this confidence head was built with Markov features: pass W1[prev]")
             x = torch.cat([hidden.float(), prev_embedding.float()], dim=-1)  # (..., H + r)
         else:
             if prev_embedding is not None:
-                raise ValueError("this confidence head was built without Markov features (h_k only)")
+                raise DataError("this confidence head was built without Markov features (h_k only)")
             x = hidden.float()  # (..., H)
         return F.linear(x, self.proj.weight.float(), self.proj.bias.float()).squeeze(-1)

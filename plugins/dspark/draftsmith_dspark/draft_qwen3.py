@@ -16,7 +16,6 @@ Tensor names: ``embed_tokens.weight``, ``lm_head.weight``, ``layers.{i}.*``, ``f
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import torch
@@ -26,31 +25,17 @@ from transformers import initialization as init
 
 from draftsmith.checkpoint import draft_metadata
 from draftsmith.errors import ConfigError
-from draftsmith.nn.block_attention import BlockBackboneMixin, BlockLayout, block_position_ids
+from draftsmith.nn.block_backbone import BlockBackboneMixin
+from draftsmith.nn.block_mask import BlockLayout, block_position_ids
+from draftsmith.nn.documents import packed_document_ids
+from draftsmith.nn.weights import copy_full_tensor
 
-from .common import (DSparkForwardOutput, align_blocks, copy_full_tensor, document_ids, gather_positions,
-                     sample_anchors)
+from .anchors import DSparkForwardOutput, DSparkHiddenOutput, align_blocks, gather_positions
 from .config import Qwen3DSparkConfig, build_dspark_config
 from .confidence_head import ConfidenceHead
 from .markov_head import build_markov_head
 
 DRAFT_CLASS = "draftsmith_dspark.draft_qwen3:Qwen3DSparkModel"
-
-
-@dataclasses.dataclass
-class DSparkHiddenOutput:
-    """The training forward before any vocab projection (A = num_anchors, γ = block_size)."""
-
-    hidden: torch.Tensor  # (B, A, γ, H) final-normed slot states
-    markov_features: torch.Tensor | None  # (B, A, γ, r) φ, logit bias = markov_w2(φ)
-    confidence_pred: torch.Tensor | None  # (B, A, γ) fp32 logits
-    teacher_hidden: torch.Tensor | None  # (B, A, γ, H) target post-norm state at anchor + k
-    teacher_positions: torch.Tensor  # (B, A, γ) anchor + k (clamped): where the teacher logits come from
-    target_ids: torch.Tensor  # (B, A, γ)
-    prev_ids: torch.Tensor  # (B, A, γ) teacher-forced previous tokens
-    eval_mask: torch.Tensor  # (B, A, γ) bool
-    block_keep_mask: torch.Tensor  # (B, A) bool
-    anchors: torch.Tensor  # (B, A)
 
 
 class Qwen3DSparkModel(BlockBackboneMixin, PreTrainedModel):
@@ -103,7 +88,7 @@ class Qwen3DSparkModel(BlockBackboneMixin, PreTrainedModel):
         """Copy the target's token embedding and output head into the draft (DTensor-aware: sharded target
         weights are gathered, a sharded draft receives its own shards)."""
         if getattr(lm_head, "bias", None) is not None:
-            raise ValueError("DSpark drafts copy a bias-free lm_head; this target's lm_head has a bias")
+            raise ConfigError("DSpark drafts copy a bias-free lm_head; this target's lm_head has a bias")
         copy_full_tensor(self.embed_tokens.weight, embed_tokens.weight)
         copy_full_tensor(self.lm_head.weight, lm_head.weight)
 
@@ -114,24 +99,21 @@ class Qwen3DSparkModel(BlockBackboneMixin, PreTrainedModel):
 
     # -- training forward --------------------------------------------------------------------------------
     def forward_hidden(self, input_ids: torch.Tensor, target_hidden_states: torch.Tensor, loss_mask: torch.Tensor,
-                       target_last_hidden_states: torch.Tensor | None = None,
-                       position_ids: torch.Tensor | None = None, anchors: torch.Tensor | None = None,
-                       block_keep_mask: torch.Tensor | None = None, generator: torch.Generator | None = None,
-                       num_anchors: int | None = None, attention_backend: str = "sdpa") -> DSparkHiddenOutput:
-        """All sampled blocks in one pass. ``input_ids`` / ``loss_mask`` (B, S); ``target_hidden_states``
+                       target_last_hidden_states: torch.Tensor | None = None, *, anchors: torch.Tensor,
+                       block_keep_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                       attention_backend: str = "sdpa") -> DSparkHiddenOutput:
+        """All blocks of a batch in one pass. ``input_ids`` / ``loss_mask`` (B, S); ``target_hidden_states``
         (B, S, m·H) concatenated feature layers; ``target_last_hidden_states`` (B, S, H) post-norm (teacher);
-        ``position_ids`` (B, S) restarting at 0 per document when packed. ``anchors`` (B, A) (+ keep mask)
-        override the random anchor sampling; ``num_anchors`` overrides the config's sample width;
-        ``attention_backend`` picks the block-attention implementation (same result: "sdpa" dense mask,
-        "grouped", "blockwise", "flex")."""
+        ``anchors`` (B, A) the blocks' anchor positions with ``block_keep_mask`` (B, A) (default: all kept) —
+        drawn by the objective (:class:`~draftsmith_dspark.objective.DSparkObjective`), so the model holds no
+        random state; ``position_ids`` (B, S) restarting at 0 per document when packed; ``attention_backend``
+        one of :data:`draftsmith.nn.block_mask.ATTENTION_BACKENDS` (same result: "sdpa" the dense mask, the
+        reference; "grouped" and "blockwise" skip masked-out work)."""
         cfg = self.config
         bsz, seq_len = input_ids.shape
         gamma = cfg.block_size
-        docs = document_ids(position_ids)
-        if anchors is None:
-            anchors, block_keep_mask = sample_anchors(loss_mask, num_anchors or cfg.num_anchors, doc_ids=docs,
-                                                      generator=generator)
-        elif block_keep_mask is None:
+        docs = packed_document_ids(position_ids)  # (B, S) or None for single-document rows
+        if block_keep_mask is None:
             block_keep_mask = torch.ones_like(anchors, dtype=torch.bool)
         num_anchors = anchors.shape[1]
         align = align_blocks(input_ids, loss_mask, anchors, block_keep_mask, gamma, doc_ids=docs)
@@ -179,15 +161,15 @@ class Qwen3DSparkModel(BlockBackboneMixin, PreTrainedModel):
         return logits
 
     def forward(self, input_ids: torch.Tensor, target_hidden_states: torch.Tensor, loss_mask: torch.Tensor,
-                target_last_hidden_states: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
-                anchors: torch.Tensor | None = None, block_keep_mask: torch.Tensor | None = None,
-                generator: torch.Generator | None = None, num_anchors: int | None = None,
+                target_last_hidden_states: torch.Tensor | None = None, *, anchors: torch.Tensor,
+                block_keep_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
                 attention_backend: str = "sdpa") -> DSparkForwardOutput:
-        """The reference training forward with materialised ``[B, A, γ, V]`` logits (methods.md §3.5). Training
-        uses :meth:`forward_hidden` + the fused loss instead, which never materialises them."""
+        """The reference training forward with materialised ``[B, A, γ, V]`` logits (methods.md §3.5); arguments
+        as :meth:`forward_hidden`. Training uses :meth:`forward_hidden` + the fused loss instead, which never
+        materialises them."""
         out = self.forward_hidden(input_ids, target_hidden_states, loss_mask, target_last_hidden_states,
-                                  position_ids, anchors, block_keep_mask, generator, num_anchors,
-                                  attention_backend)
+                                  anchors=anchors, block_keep_mask=block_keep_mask, position_ids=position_ids,
+                                  attention_backend=attention_backend)
         teacher = self.lm_head(out.teacher_hidden).detach() if out.teacher_hidden is not None else None
         return DSparkForwardOutput(draft_logits=self.compute_logits(out.hidden, out.markov_features),
                                    target_ids=out.target_ids, eval_mask=out.eval_mask,

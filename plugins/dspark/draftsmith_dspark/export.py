@@ -12,8 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from draftsmith.checkpoint import save_draft
 from draftsmith.errors import DraftsmithError
 
 REQUIRED_CONFIG_KEYS = ("architectures", "block_size", "mask_token_id", "target_layer_ids", "num_target_layers",
@@ -22,32 +21,22 @@ REQUIRED_CONFIG_KEYS = ("architectures", "block_size", "mask_token_id", "target_
                         "vocab_size", "draftsmith")
 
 
-def export_native(draft: Any, out_dir: str | Path, *, dtype: str | torch.dtype | None = None,
-                  **options: Any) -> Path:
-    """Write ``draft`` to ``out_dir`` as config.json + model.safetensors (optionally cast to ``dtype``, e.g.
-    ``"bfloat16"``; rotary frequencies are not saved). Returns the directory."""
+def export_native(draft: Any, out_dir: str | Path, *, dtype: Any = None, **options: Any) -> Path:
+    """Write ``draft`` to ``out_dir`` as config.json + model.safetensors through
+    :func:`draftsmith.checkpoint.save_draft` (optionally a copy cast to ``dtype``, e.g. ``"bfloat16"``; non-finite
+    weights refused; rotary frequencies are not saved). ``out_dir`` must be empty or new. Returns the directory."""
     if options:
         raise DraftsmithError(f"unknown native-export option(s) {sorted(options)}; known: dtype")
     config = getattr(draft, "config", None)
     if config is None or getattr(config, "draftsmith", None) is None or config.mask_token_id is None:
         raise DraftsmithError("export_native expects a DSpark draft built by Qwen3DSparkModel.build_draft_config")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    present = sorted(p.name for p in out.iterdir())
-    if present:  # never mix with (or silently replace) another checkpoint
-        raise DraftsmithError(f"export directory {str(out)!r} is not empty ({', '.join(present)})")
-    state_dict = None
-    if dtype is not None:
-        dtype = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
-        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-            raise DraftsmithError(f"export dtype must be a floating torch dtype name, got {dtype!r}")
-        # cast a copy of the tensors, never the live draft (a bf16 round trip would lose its fp32 weights)
-        state_dict = {k: v.detach().to(dtype) for k, v in draft.state_dict().items()}
-    draft.save_pretrained(str(out), state_dict=state_dict, safe_serialization=True)
+    if out.exists():
+        present = sorted(p.name for p in out.iterdir()) if out.is_dir() else [out.name]
+        if present:  # never mix with (or silently replace) another checkpoint
+            raise DraftsmithError(f"export directory {str(out)!r} is not empty ({', '.join(present)})")
+    save_draft(draft, out, dtype=dtype)
     written = json.loads((out / "config.json").read_text())
-    if dtype is not None:  # HF records the live model's dtype; the file must name the stored one
-        written["dtype"] = str(dtype).split(".")[1]
-        (out / "config.json").write_text(json.dumps(written, indent=2, sort_keys=True) + "\n")
     missing = [k for k in REQUIRED_CONFIG_KEYS if k not in written]
     if missing or not (out / "model.safetensors").is_file():
         raise DraftsmithError(f"native export incomplete: missing config keys {missing} or model.safetensors")

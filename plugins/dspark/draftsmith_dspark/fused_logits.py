@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from draftsmith.errors import ConfigError, DataError
+
 
 def _logits(x: torch.Tensor, weight: torch.Tensor, phi: torch.Tensor | None, w2: torch.Tensor | None) -> torch.Tensor:
     z = x @ weight.t()  # (n, V)
@@ -131,11 +133,11 @@ def fused_slot_loss(hidden: torch.Tensor, target_ids: torch.Tensor, lm_weight: t
     Returns ``(Σ c_ce·CE + c_l1·L1, CE (M,), L1 (M,) or None, argmax (M,))``; only the sum carries gradient.
     """
     if (phi is None) != (w2 is None):
-        raise ValueError("phi and w2 come together (Markov features and the Markov output map)")
+        raise DataError("phi and w2 come together (Markov features and the Markov output map)")
     if teacher_hidden is not None and l1_coef is None:
-        raise ValueError("l1_coef is required with teacher_hidden")
+        raise DataError("l1_coef is required with teacher_hidden")
     if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        raise ConfigError(f"chunk_size must be >= 1, got {chunk_size}")
     teacher_weight = lm_weight.detach() if teacher_weight is None else teacher_weight.detach()
     if teacher_hidden is not None:
         teacher_hidden = teacher_hidden.detach()

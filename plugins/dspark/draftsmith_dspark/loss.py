@@ -25,11 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .common import DSparkForwardOutput, slot_decay_weights
+from draftsmith.errors import ConfigError, DataError
+from draftsmith.train.distributed import global_sum, world_size
+
+from .anchors import DSparkForwardOutput, slot_decay_weights
 from .fused_logits import fused_slot_loss, slot_terms
 
-LOSS_DEFAULTS = {"loss_decay_gamma": 4.0, "ce_loss_alpha": 0.1, "l1_loss_alpha": 0.9,
-                 "confidence_head_alpha": 1.0, "loss_chunk_size": None}
 CHUNK_LOGITS = 1 << 22  # default chunk: ~4M logits (16 MB per fp32 temporary), never under NeMo's 128 slots
 
 
@@ -37,8 +38,6 @@ def default_chunk_size(vocab_size: int) -> int:
     """Slots per vocab chunk: 128 for large vocabularies (Qwen3: 19M logits), more for small ones (V=8192: 512),
     where bigger GEMMs are faster and the temporaries still small."""
     return max(128, (CHUNK_LOGITS // max(int(vocab_size), 1)) // 64 * 64)
-# The objective's options (= the method's default_options): loss weights, anchor seed, attention backend.
-OBJECTIVE_DEFAULTS = {**LOSS_DEFAULTS, "seed": 0, "attention_backend": "grouped"}
 
 
 @dataclasses.dataclass
@@ -56,23 +55,13 @@ class LossWeights:
     scale: torch.Tensor  # world_size / global Σ w
 
 
-def _distributed() -> tuple[bool, int]:
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        return True, dist.get_world_size()
-    return False, 1
-
-
 def loss_weights(eval_mask: torch.Tensor, loss_decay_gamma: float | None) -> LossWeights:
     """Per-slot weights and the (global) normaliser shared by all three terms."""
     decay = slot_decay_weights(eval_mask.shape[-1], loss_decay_gamma, device=eval_mask.device)
     weights = eval_mask.float() * decay  # (B, A, γ)
     local = weights.sum()
-    total = local.clone()
-    is_dist, world = _distributed()
-    if is_dist:
-        torch.distributed.all_reduce(total, op=torch.distributed.ReduceOp.SUM)
-    scale = world / total.clamp_min(1e-6)  # an all-padding batch gives a zero (but connected) loss
+    total = global_sum(local)  # Σ w over data-parallel ranks (detached)
+    scale = world_size() / total.clamp_min(1e-6)  # an all-padding batch gives a zero (but connected) loss
     return LossWeights(weights, weights[eval_mask], local, scale)
 
 
@@ -92,7 +81,7 @@ def _assemble(lw: LossWeights, eval_mask, block_keep_mask, *, vocab_total, ce, l
         metrics["tv_loss"] = _local_mean(lw.rows, l1, lw.local_den)
     if confidence_pred is not None and conf_alpha:
         if acc is None:
-            raise ValueError("the confidence term needs teacher logits (aligned_target_logits / final_hidden)")
+            raise DataError("the confidence term needs teacher logits (aligned_target_logits / final_hidden)")
         bce = F.binary_cross_entropy_with_logits(confidence_pred[eval_mask].float(), acc, reduction="none")
         loss = loss + conf_alpha * lw.scale * (lw.rows * bce).sum()
         metrics["conf_loss"] = _local_mean(lw.rows, bce, lw.local_den)
@@ -147,7 +136,7 @@ def compute_dspark_loss(output: DSparkForwardOutput, *, loss_decay_gamma: float 
     fp32 softmax temporaries are recomputed in backward instead of kept."""
     needs_teacher = bool(l1_loss_alpha) or (output.confidence_pred is not None and bool(confidence_head_alpha))
     if needs_teacher and output.aligned_target_logits is None:
-        raise ValueError("l1_loss_alpha / confidence_head_alpha > 0 need aligned_target_logits (teacher)")
+        raise ConfigError("l1_loss_alpha / confidence_head_alpha > 0 need aligned_target_logits (teacher)")
     mask = output.eval_mask
     lw = loss_weights(mask, loss_decay_gamma)
     draft = output.draft_logits[mask]  # (M, V)
@@ -181,7 +170,7 @@ def fused_dspark_loss(hidden: torch.Tensor, target_ids: torch.Tensor, eval_mask:
     projected to the vocabulary; ``chunk_size`` slots at a time (default :func:`default_chunk_size`)."""
     needs_teacher = bool(l1_loss_alpha) or (confidence_pred is not None and bool(confidence_head_alpha))
     if needs_teacher and teacher_hidden is None:
-        raise ValueError("l1_loss_alpha / confidence_head_alpha > 0 need teacher_hidden (target final hidden)")
+        raise ConfigError("l1_loss_alpha / confidence_head_alpha > 0 need teacher_hidden (target final hidden)")
     lw = loss_weights(eval_mask, loss_decay_gamma)
     coef = lw.rows * lw.scale
     chunk_size = chunk_size or default_chunk_size(lm_weight.shape[0])

@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from draftsmith.errors import ConfigError
+
 MARKOV_HEAD_TYPES = ("vanilla", "gated", "rnn")
 
 
@@ -31,7 +33,7 @@ class VanillaMarkovHead(nn.Module):
     def __init__(self, vocab_size: int, hidden_size: int, rank: int) -> None:
         super().__init__()
         if rank <= 0:
-            raise ValueError(f"markov rank must be positive, got {rank}")
+            raise ConfigError(f"markov rank must be positive, got {rank}")
         self.vocab_size, self.hidden_size, self.rank = vocab_size, hidden_size, rank
         self.markov_w1 = nn.Embedding(vocab_size, rank)
         self.markov_w2 = nn.Linear(rank, vocab_size, bias=False)
@@ -119,5 +121,5 @@ _HEADS = {"vanilla": VanillaMarkovHead, "gated": GatedMarkovHead, "rnn": RNNMark
 def build_markov_head(head_type: str, vocab_size: int, hidden_size: int, rank: int) -> MarkovHead:
     """The Markov head named ``head_type`` (one of :data:`MARKOV_HEAD_TYPES`)."""
     if head_type not in _HEADS:
-        raise ValueError(f"unknown markov_head_type {head_type!r}; expected one of {list(MARKOV_HEAD_TYPES)}")
+        raise ConfigError(f"unknown markov_head_type {head_type!r}; expected one of {list(MARKOV_HEAD_TYPES)}")
     return _HEADS[head_type](vocab_size, hidden_size, rank)

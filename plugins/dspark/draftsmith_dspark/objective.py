@@ -15,52 +15,56 @@ from typing import Any, Mapping
 
 import torch
 
-from draftsmith.errors import ConfigError
+from draftsmith.conventions import check_option_names, validate_mask_token_id
+from draftsmith.errors import ConfigError, DataError
 from draftsmith.method import ObjectiveOutput, TargetFeatures, TargetHeads, TargetRequest
-from draftsmith.nn.block_attention import ATTENTION_BACKENDS
+from draftsmith.nn.block_mask import ATTENTION_BACKENDS
+from draftsmith.nn.documents import packed_document_ids
+from draftsmith.nn.random_stream import RandomStream
 
-from .common import anchor_candidates, document_ids
-from .config import DRAFT_OPTIONS
-from .loss import OBJECTIVE_DEFAULTS, default_chunk_size, fused_dspark_loss
+from .anchors import anchor_candidates, sample_block_anchors
+from .loss import default_chunk_size, fused_dspark_loss
+from .registry import DRAFT_OPTIONS, OBJECTIVE_OPTIONS
+
+# draft options that, given to the objective too, must agree with the draft's config
+_DRAFT_KEYS_CHECKED = ("block_size", "markov_rank", "markov_head_type", "mask_token_id", "target_layer_ids")
 
 
 class DSparkObjective:
-    """Options (defaults, = the method's ``default_options``): ``loss_decay_gamma`` 4.0 (None = uniform),
-    ``ce_loss_alpha`` 0.1, ``l1_loss_alpha`` 0.9, ``confidence_head_alpha`` 1.0, ``loss_chunk_size`` None
-    (slots per vocab chunk; None = ``loss.default_chunk_size(V)``: 128 at Qwen3's vocab, 512 at V = 8192),
-    ``seed`` 0 (anchor draws), ``attention_backend`` "grouped" (see
-    ``draftsmith.nn.block_attention.BlockLayout.attention_mask``), and ``num_anchors`` (default: the draft
-    config's, 512). Draft options (``block_size``, ``markov_rank``, ...) belong to the draft; given here they
-    must agree with the draft's config.
+    """Options: :data:`~draftsmith_dspark.registry.OBJECTIVE_OPTIONS` (= the method's objective table) —
+    ``loss_decay_gamma`` 4.0 (None = uniform), ``ce_loss_alpha`` 0.1, ``l1_loss_alpha`` 0.9,
+    ``confidence_head_alpha`` 1.0, ``loss_chunk_size`` None (slots per vocab chunk; None =
+    ``loss.default_chunk_size(V)``: 128 at Qwen3's vocab, 512 at V = 8192), ``seed`` 0 (anchor draws),
+    ``attention_backend`` "grouped" (see ``draftsmith.nn.block_mask.BlockLayout.attention_mask``), ``num_anchors``
+    None (= the draft config's, 512). Draft options (``block_size``, ``markov_rank``, ...) belong to the draft;
+    given here they must agree with the draft's config.
 
-    Anchor draws come from a generator seeded by ``(seed, data-parallel rank, call count)``: different on
-    every rank, reproducible, and resumable (``state_dict`` holds the call count)."""
+    The objective owns the anchor draws: a :class:`~draftsmith.nn.random_stream.RandomStream` seeded by ``seed``
+    (draw i of rank r from ``(seed, r, i)``: different on every rank, reproducible) whose position
+    :meth:`run_state` saves in training checkpoints, so a resumed run draws the same anchors."""
 
     def __init__(self, draft: Any, heads: TargetHeads, **options: Any) -> None:
-        unknown = sorted(set(options) - set(OBJECTIVE_DEFAULTS) - set(DRAFT_OPTIONS))
-        if unknown:
-            raise ConfigError(f"unknown DSpark objective option(s) {unknown}; known: "
-                              f"{sorted(set(OBJECTIVE_DEFAULTS) | {'num_anchors'})}")
+        check_option_names("DSpark objective", options, set(OBJECTIVE_OPTIONS) | set(DRAFT_OPTIONS))
         cfg = draft.config
-        for key in ("block_size", "markov_rank", "markov_head_type", "mask_token_id", "target_layer_ids"):
+        for key in _DRAFT_KEYS_CHECKED:
             if options.get(key) is not None and options[key] != getattr(cfg, key):
                 raise ConfigError(f"DSpark objective option {key}={options[key]!r} contradicts the draft's config "
                                   f"({getattr(cfg, key)!r}); set it as a draft option")
         if int(heads.vocab_size) != int(cfg.vocab_size):
             raise ConfigError(f"target vocab {heads.vocab_size} != draft vocab {cfg.vocab_size}")
-        if cfg.mask_token_id == heads.pad_token_id or cfg.mask_token_id in heads.eos_token_ids:
-            raise ConfigError(f"mask_token_id {cfg.mask_token_id} is the target's pad or an eos id "
-                              f"(pad {heads.pad_token_id}, eos {list(heads.eos_token_ids)}); use a reserved id")
-        opts = {k: options.get(k, v) for k, v in OBJECTIVE_DEFAULTS.items()}
+        # the heads may know eos ids the target config did not
+        validate_mask_token_id(cfg.mask_token_id, int(heads.vocab_size), pad_token_id=heads.pad_token_id,
+                               eos_token_ids=heads.eos_token_ids, method="DSpark")
+        opts = {k: options.get(k, v) for k, v in OBJECTIVE_OPTIONS.items()}
         self.draft, self.heads = draft, heads
         self.loss_decay_gamma = opts["loss_decay_gamma"]
         self.ce_alpha = float(opts["ce_loss_alpha"])
         self.l1_alpha = float(opts["l1_loss_alpha"])
         self.conf_alpha = float(opts["confidence_head_alpha"]) if draft.confidence_head is not None else 0.0
         self.chunk_size = int(opts["loss_chunk_size"] or default_chunk_size(cfg.vocab_size))
-        self.num_anchors = int(options.get("num_anchors") or cfg.num_anchors)
+        self.num_anchors = int(opts["num_anchors"] or cfg.num_anchors)
         self.attention_backend = str(opts["attention_backend"])
-        self.seed, self.calls = int(opts["seed"]), 0
+        self.anchor_stream = RandomStream(int(opts["seed"]))
         if min(self.ce_alpha, self.l1_alpha, self.conf_alpha) < 0 or self.ce_alpha + self.l1_alpha == 0:
             raise ConfigError("loss weights must be >= 0 with ce_loss_alpha + l1_loss_alpha > 0")
         if self.num_anchors < 1 or self.chunk_size < 1:
@@ -73,19 +77,20 @@ class DSparkObjective:
         if cfg.freeze_embeddings:
             draft.freeze_embeddings()
 
-    # -- resumable, rank-distinct anchor draws ----------------------------------------------------------------
-    def state_dict(self) -> dict[str, int]:
-        return {"calls": self.calls}
+    # -- anchor draws: resumable, different on every data-parallel rank ------------------------------------------
+    def run_state(self) -> dict[str, int]:
+        """The anchor stream's position (``{"calls": n}``, the layout checkpoints saved before)."""
+        return self.anchor_stream.state_dict()
 
-    def load_state_dict(self, state: Mapping[str, int]) -> None:
-        self.calls = int(state["calls"])
+    def load_run_state(self, state: Mapping[str, Any]) -> None:
+        self.anchor_stream.load_state_dict(state)
 
-    def _anchor_generator(self) -> torch.Generator:
-        dist = torch.distributed
-        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-        mixed = (self.seed * 0x9E3779B97F4A7C15 + rank * 0xBF58476D1CE4E5B9 + self.calls) % (2 ** 63)
-        self.calls += 1
-        return torch.Generator().manual_seed(mixed)
+    def draw_anchors(self, loss_mask: torch.Tensor, position_ids: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next draw of :func:`~draftsmith_dspark.anchors.sample_block_anchors` (``num_anchors`` columns;
+        packed rows: anchor and first label in the same document) → ``anchors``, ``block_keep_mask`` (B, A)."""
+        return sample_block_anchors(loss_mask, self.num_anchors, self.anchor_stream.next_generator(),
+                                    doc_ids=packed_document_ids(position_ids))
 
     @property
     def needs_teacher(self) -> bool:
@@ -100,11 +105,13 @@ class DSparkObjective:
         if "attention_mask" in batch and batch["attention_mask"] is not None:
             loss_mask = loss_mask & batch["attention_mask"].bool()  # never supervise or anchor on padding
         if self.needs_teacher and features.final_hidden is None:
-            raise ValueError("DSpark's TV/confidence terms need features.final_hidden (target post-norm states)")
+            raise DataError("DSpark's TV/confidence terms need features.final_hidden (target post-norm states)")
         draft = self.draft
-        out = draft.forward_hidden(input_ids, features.stacked(draft.config.target_layer_ids), loss_mask, None,
-                                   position_ids=batch.get("position_ids"), num_anchors=self.num_anchors,
-                                   generator=self._anchor_generator(), attention_backend=self.attention_backend)
+        position_ids = batch.get("position_ids")
+        anchors, keep = self.draw_anchors(loss_mask, position_ids)  # (B, A) each
+        out = draft.forward_hidden(input_ids, features.stacked(draft.config.target_layer_ids), loss_mask,
+                                   anchors=anchors, block_keep_mask=keep, position_ids=position_ids,
+                                   attention_backend=self.attention_backend)
         markov = draft.markov_head
         res = fused_dspark_loss(
             out.hidden, out.target_ids, out.eval_mask, out.block_keep_mask, draft.lm_head.weight,
@@ -140,9 +147,8 @@ class DSparkObjective:
         if t < 2:
             return out
         position_ids = batch.get("position_ids")
-        docs = document_ids(position_ids)
         usable = torch.zeros_like(real)
-        usable[:, :-1] = anchor_candidates(real, docs)  # real anchor with a real next token (same document)
+        usable[:, :-1] = anchor_candidates(real, packed_document_ids(position_ids))  # real anchor with a real next token (same document)
         draft = self.draft
         context = features.stacked(draft.config.target_layer_ids)  # (B, T, m·H)
         gamma, vocab = int(draft.config.block_size), int(draft.config.vocab_size)
@@ -155,8 +161,8 @@ class DSparkObjective:
             keep = usable[:, start:start + width].contiguous()
             if not keep.any():
                 continue
-            fwd = draft.forward_hidden(input_ids, context, real, None, position_ids=position_ids, anchors=anchors,
-                                       block_keep_mask=keep, attention_backend=self.attention_backend)
+            fwd = draft.forward_hidden(input_ids, context, real, anchors=anchors, block_keep_mask=keep,
+                                       position_ids=position_ids, attention_backend=self.attention_backend)
             counts = torch.zeros_like(anchors)
             for s in range(0, anchors.shape[1], slice_anchors):
                 sl = slice(s, s + slice_anchors)

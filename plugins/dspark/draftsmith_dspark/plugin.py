@@ -5,7 +5,7 @@ from __future__ import annotations
 import draftsmith
 from draftsmith import MethodSpec
 
-from .registry import SPECS
+from .registry import DRAFT_OPTIONS, DRAFTER_OPTIONS, OBJECTIVE_OPTIONS, SPECS
 
 
 @draftsmith.hookimpl
@@ -23,10 +23,5 @@ def draftsmith_register_methods(registry):
         drafter="draftsmith_dspark.drafting:DSparkDrafter",
         layer_policy="draftsmith_dspark.registry:build_target_layer_ids",
         export_formats={"native": "draftsmith_dspark.export:export_native"},
-        # objective options only (draft options — mask_token_id, block_size, markov_rank, ... — belong to the
-        # draft config, see draftsmith_dspark.config.DRAFT_OPTIONS); kept in sync with loss.OBJECTIVE_DEFAULTS
-        # (num_anchors: default = the draft config's, 512)
-        default_options={"loss_decay_gamma": 4.0, "ce_loss_alpha": 0.1, "l1_loss_alpha": 0.9,
-                         "confidence_head_alpha": 1.0, "loss_chunk_size": None, "seed": 0,
-                         "attention_backend": "grouped"},
+        draft_options=DRAFT_OPTIONS, objective_options=OBJECTIVE_OPTIONS, drafter_options=DRAFTER_OPTIONS,
     ))

@@ -1,11 +1,19 @@
-"""DSpark registrations (torch-free: imported by `draftsmith list-drafts`), the DSpark layer-id rule, and the
-names NeMo AutoModel users know, as views over draftsmith's live registry."""
+"""DSpark registrations, option tables and the layer-id rule (torch-free: imported by `draftsmith list-drafts`),
+plus the names NeMo AutoModel users know, as views over draftsmith's live registry.
+
+The option tables (name → default; ``None`` = derived from the target or the draft) are declared once, here:
+plugin.py hands them to the ``MethodSpec`` (core checks the user's ``draft:`` / ``method_options:`` / drafter
+options against them and routes each to the components declaring it), config.py, objective.py and drafting.py
+take their defaults from them. They live in this torch-free module, not in config.py (which imports
+transformers), because ``list-drafts`` imports plugin.py; config.py re-exports them.
+"""
 
 from __future__ import annotations
 
 from typing import Any, Sequence
 
 from draftsmith import DraftSpec, resolve_draft_spec
+from draftsmith.conventions import validate_layer_ids
 from draftsmith.errors import ConfigError
 from draftsmith.views import DraftRegistryView
 
@@ -27,6 +35,40 @@ DSPARK_DRAFT_REGISTRY = DraftRegistryView("dspark")
 
 DEFAULT_NUM_FEATURE_LAYERS = 5
 
+# -- option tables ---------------------------------------------------------------------------------------------
+# Draft options (config.build_dspark_config; methods.md §3.8 defaults: γ = 7, 5 layers, rank 256 vanilla).
+DRAFT_OPTIONS: dict[str, Any] = {
+    "mask_token_id": None,  # required: a reserved id, never pad/eos (Qwen3: 151669)
+    "num_draft_layers": 5,
+    "target_layer_ids": None,  # default: build_target_layer_ids(N, num_feature_layers)
+    "num_feature_layers": None,  # default: num_draft_layers
+    "block_size": 7,  # γ: drafts per block (sample-from-anchor: the anchor slot predicts too)
+    "num_anchors": 512,  # stored in the config: the objective's default sample width
+    "markov_rank": 256,  # 0 disables the Markov head
+    "markov_head_type": "vanilla",
+    "enable_confidence_head": None,  # default: confidence_head_alpha > 0
+    "confidence_head_alpha": 1.0,  # also an objective option: a draft trained without the term gets no head
+    "confidence_head_with_markov": True,
+    "freeze_embeddings": True,
+    "intermediate_size": None,  # default: the target's
+}
+# Objective options (objective.DSparkObjective; the ``method_options:`` section).
+OBJECTIVE_OPTIONS: dict[str, Any] = {
+    "loss_decay_gamma": 4.0,  # slot weight exp(−k/γ_d); None = uniform
+    "ce_loss_alpha": 0.1,
+    "l1_loss_alpha": 0.9,
+    "confidence_head_alpha": 1.0,
+    "loss_chunk_size": None,  # slots per vocab chunk; None = loss.default_chunk_size(V)
+    "seed": 0,  # of the anchor-draw stream
+    "attention_backend": "grouped",  # see draftsmith.nn.block_mask.ATTENTION_BACKENDS
+    "num_anchors": None,  # anchors per sequence per step; None = the draft config's
+}
+# Drafter options (drafting.DSparkDrafter; ``draftsmith eval --drafter-option``).
+DRAFTER_OPTIONS: dict[str, Any] = {
+    "confidence_threshold": None,  # θ in (0, 1]: cut a proposal at the first slot with σ(c_k/T_k) < θ
+    "confidence_temperatures": None,  # γ STS temperatures (scheduling.fit_sts_temperatures)
+}
+
 
 def resolve_dspark_draft_spec(architectures):
     """The DSpark draft spec for a target's ``config.architectures`` (first match wins)."""
@@ -34,22 +76,9 @@ def resolve_dspark_draft_spec(architectures):
 
 
 def validate_target_layer_ids(layer_ids: Sequence[Any], num_target_layers: int) -> list[int]:
-    """Check explicit feature-layer ids: non-empty, strictly increasing, each ``-1`` (the embedding output)
-    or an output-of-layer id in ``[0, num_target_layers - 1]``. Returns them as a list of ints."""
-    if isinstance(layer_ids, (str, bytes)) or not isinstance(layer_ids, Sequence):
-        raise ConfigError(f"target_layer_ids must be a list of ints, got {layer_ids!r}")
-    ids = list(layer_ids)
-    if not ids:
-        raise ConfigError("target_layer_ids must not be empty")
-    for i in ids:
-        if isinstance(i, bool) or not isinstance(i, int):
-            raise ConfigError(f"target_layer_ids must be ints, got {i!r} in {ids}")
-        if i != -1 and not 0 <= i < num_target_layers:
-            raise ConfigError(f"target layer id {i} is out of range for a {num_target_layers}-layer target: ids "
-                              f"must be -1 (embedding output) or in [0, {num_target_layers - 1}]")
-    if any(b <= a for a, b in zip(ids, ids[1:])):
-        raise ConfigError(f"target_layer_ids must be strictly increasing, got {ids}")
-    return ids
+    """Explicit feature-layer ids: non-empty, strictly increasing (the ``fc`` input order), each ``-1`` (the
+    embedding output) or an output-of-layer id in ``[0, num_target_layers - 1]`` (the core rule)."""
+    return validate_layer_ids(layer_ids, num_target_layers, name="target_layer_ids", increasing=True)
 
 
 def build_target_layer_ids(num_target_layers: int, num_feature_layers: int | None = None,
@@ -85,4 +114,5 @@ def build_target_layer_ids(num_target_layers: int, num_feature_layers: int | Non
 
 
 __all__ = ["DraftSpec", "ARCHITECTURES", "SPECS", "DSPARK_DRAFT_REGISTRY", "resolve_dspark_draft_spec",
-           "build_target_layer_ids", "validate_target_layer_ids"]
+           "build_target_layer_ids", "validate_target_layer_ids", "DRAFT_OPTIONS", "OBJECTIVE_OPTIONS",
+           "DRAFTER_OPTIONS"]

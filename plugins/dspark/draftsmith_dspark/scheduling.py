@@ -12,6 +12,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from draftsmith.errors import ConfigError, DataError
+
 
 def prefix_survival(confidence_logits: torch.Tensor, temperatures: torch.Tensor | Sequence[float] | None = None
                     ) -> torch.Tensor:
@@ -35,7 +37,7 @@ def _sps_lookup(sps: Callable[[int], float] | Sequence[float]) -> Callable[[int]
 
     def lookup(batch: int) -> float:  # table[i] = SPS(i + 1)
         if not 1 <= batch <= len(table):
-            raise ValueError(f"the SPS profile covers batch sizes 1..{len(table)}, the schedule needs {batch}")
+            raise DataError(f"the SPS profile covers batch sizes 1..{len(table)}, the schedule needs {batch}")
         return float(table[batch - 1])
 
     return lookup
@@ -54,9 +56,9 @@ def schedule_prefix_lengths(survival: torch.Tensor | Sequence[Sequence[float]],
     """
     a = torch.as_tensor(survival, dtype=torch.float64)
     if a.dim() != 2:
-        raise ValueError(f"survival must be (requests, γ), got shape {tuple(a.shape)}")
+        raise DataError(f"survival must be (requests, γ), got shape {tuple(a.shape)}")
     if bool((a[:, 1:] > a[:, :-1] + 1e-12).any()) or bool(((a < 0) | (a > 1)).any()):
-        raise ValueError("survival a_{r,j} must lie in [0, 1] and be non-increasing in j (cumulative products)")
+        raise DataError("survival a_{r,j} must lie in [0, 1] and be non-increasing in j (cumulative products)")
     lookup = _sps_lookup(sps)
     requests = a.shape[0]
     order = sorted(((float(a[r, j]), j, r) for r in range(requests) for j in range(a.shape[1])),
@@ -89,7 +91,7 @@ def apply_sts(confidence_logits: torch.Tensor, temperatures: torch.Tensor | Sequ
     """Per-position temperature scaling ``c_k / T_k`` of (..., γ) logits (T_k > 0, order-preserving)."""
     t = torch.as_tensor(temperatures, dtype=confidence_logits.dtype, device=confidence_logits.device)
     if t.shape != confidence_logits.shape[-1:] or bool((t <= 0).any()):
-        raise ValueError(f"need one positive temperature per block slot ({confidence_logits.shape[-1]}), got {t}")
+        raise ConfigError(f"need one positive temperature per block slot ({confidence_logits.shape[-1]}), got {t}")
     return confidence_logits / t
 
 

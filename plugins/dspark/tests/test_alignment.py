@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from draftsmith.nn.documents import packed_document_ids
 from draftsmith.target import run_target
-from draftsmith_dspark.common import (align_blocks, anchor_candidates, document_ids, sample_anchors,
-                                      slot_decay_weights)
+from draftsmith_dspark.anchors import align_blocks, anchor_candidates, sample_block_anchors, slot_decay_weights
 from draftsmith_dspark.loss import loss_weights
 
 
@@ -22,7 +22,7 @@ def test_item11_sampling_shape_keep_and_order(num_anchors):
     lm = torch.tensor([[1, 1, 0, 1, 1, 1], [0, 0, 0, 0, 1, 0], [1, 1, 1, 1, 1, 1]])
     valid = anchor_candidates(lm)
     for seed in range(20):
-        anchors, keep = sample_anchors(lm, num_anchors, generator=torch.Generator().manual_seed(seed))
+        anchors, keep = sample_block_anchors(lm, num_anchors, torch.Generator().manual_seed(seed))
         assert anchors.shape == keep.shape == (3, num_anchors)  # width is always num_anchors
         for b in range(3):
             n_keep = min(int(valid[b].sum()), num_anchors)
@@ -38,7 +38,7 @@ def test_item11_sampling_is_uniform_without_replacement():
     counts = torch.zeros(10)
     g = torch.Generator().manual_seed(0)
     for _ in range(3000):
-        anchors, keep = sample_anchors(lm, 3, generator=g)
+        anchors, keep = sample_block_anchors(lm, 3, g)
         assert keep.all() and len(set(anchors[0].tolist())) == 3
         counts[anchors[0]] += 1
     assert torch.allclose(counts / 3000, torch.full((10,), 0.3), atol=0.04)
@@ -124,9 +124,9 @@ def draft_target_request(draft):
 
 def test_packed_documents_bound_anchors_and_supervision():
     pos = torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 5]])
-    docs = document_ids(pos)
-    assert docs.tolist() == [[1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2]]
-    assert document_ids(torch.arange(11)[None]) is None
+    docs = packed_document_ids(pos)
+    assert docs.tolist() == [[0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1]]  # core numbers documents from 0 (only == matters)
+    assert packed_document_ids(torch.arange(11)[None]) is None
     lm = torch.ones_like(pos)
     cand = anchor_candidates(lm, docs)
     assert cand[0, 4].item() is False and cand[0, :4].all() and cand[0, 5:].all()

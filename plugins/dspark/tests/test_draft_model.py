@@ -13,6 +13,7 @@ import draftsmith
 from draftsmith.errors import ConfigError, DraftsmithError
 from draftsmith.method import TargetRequest
 from draftsmith.target import run_target
+from draftsmith_dspark.anchors import sample_block_anchors
 from draftsmith_dspark.draft_qwen3 import Qwen3DSparkModel
 from draftsmith_dspark.export import export_native
 from draftsmith_dspark.registry import ARCHITECTURES
@@ -52,8 +53,34 @@ def test_options_override_and_derive(tiny):
     assert cfg.target_layer_ids == [-1, 3] and Qwen3DSparkModel(cfg).fc.in_features == 2 * 64
 
 
-@pytest.mark.parametrize("mask, msg", [(None, "needs mask_token_id"), (128, "outside"), (-1, "outside"),
-                                       (0, "pad_token_id"), (2, "eos"), ("5", "int")])
+@pytest.mark.parametrize("form", ["rope_parameters", "attribute"])
+def test_partial_rotary_target_keeps_its_convention(tiny, tmp_path, form):
+    """A partial-rotary target (half of each head rotates) gets a partial-rotary draft, as DFlash/EAGLE drafts do
+    (the draft config used to drop the factor and rotate the whole head)."""
+    rope = {"rope_type": "default", "rope_theta": 1e4}
+    if form == "rope_parameters":  # transformers 5 keeps the factor inside rope_parameters
+        tc = tiny.target_config(rope_parameters={**rope, "partial_rotary_factor": 0.5})
+    else:  # older configs carry it as an attribute
+        tc = tiny.target_config(rope_parameters=rope)
+        tc.partial_rotary_factor = 0.5
+    cfg = Qwen3DSparkModel.build_draft_config(tc, mask_token_id=5, num_draft_layers=1)
+    assert cfg.rope_parameters["partial_rotary_factor"] == 0.5 and cfg.partial_rotary_factor == 0.5
+    draft = Qwen3DSparkModel(cfg)
+    head_dim = 16
+    rotary = int(head_dim * 0.5)
+    assert draft.rotary_emb.inv_freq.shape == (rotary // 2,)  # head_dim·0.5/2 frequencies
+    expected = 1.0 / (1e4 ** (torch.arange(0, rotary, 2, dtype=torch.float32) / rotary))
+    torch.testing.assert_close(draft.rotary_emb.inv_freq, expected)
+    # the unrotated half of q/k passes through: slot positions change only the first `rotary` dims
+    cos, sin = draft.rotary_emb(torch.zeros(1, 1, head_dim), torch.tensor([[3]]))
+    assert cos.shape[-1] == rotary
+    out = export_native(draft, tmp_path / "partial")
+    assert json.loads((out / "config.json").read_text())["rope_parameters"]["partial_rotary_factor"] == 0.5
+    torch.testing.assert_close(draftsmith.load_draft(out).rotary_emb.inv_freq, expected)
+
+
+@pytest.mark.parametrize("mask, msg", [(None, "needs `mask_token_id`"), (128, "outside"), (-1, "outside"),
+                                       (0, "pad token id"), (2, "eos"), ("5", "int")])
 def test_mask_token_is_required_and_validated(tiny, mask, msg):
     tc = tiny.target_config()
     with pytest.raises(ConfigError, match=msg):
@@ -62,7 +89,7 @@ def test_mask_token_is_required_and_validated(tiny, mask, msg):
 
 def test_bad_options_are_rejected(tiny):
     tc = tiny.target_config()
-    with pytest.raises(ConfigError, match="unknown DSpark draft option"):
+    with pytest.raises(ConfigError, match="DSpark draft: unknown option"):
         Qwen3DSparkModel.build_draft_config(tc, mask_token_id=5, markov_ranks=3)
     with pytest.raises(ConfigError, match="markov_head_type"):
         Qwen3DSparkModel.build_draft_config(tc, mask_token_id=5, markov_head_type="lstm")
@@ -99,7 +126,9 @@ def test_forward_backward_every_registered_architecture(tiny, arch):
     batch = tiny.make_batch(batch=2, length=20, pad=3)
     request = TargetRequest(layer_ids=tuple(draft.config.target_layer_ids), final_hidden=True)
     feats, _ = run_target(target, request, batch["input_ids"])
-    out = draft(batch["input_ids"], feats.stacked(request.layer_ids), batch["loss_mask"], feats.final_hidden)
+    anchors, keep = sample_block_anchors(batch["loss_mask"], draft.config.num_anchors, torch.Generator().manual_seed(0))
+    out = draft(batch["input_ids"], feats.stacked(request.layer_ids), batch["loss_mask"], feats.final_hidden,
+                anchors=anchors, block_keep_mask=keep)
     a, g, v = 6, 7, tc.vocab_size
     assert out.draft_logits.shape == (2, a, g, v) and out.aligned_target_logits.shape == (2, a, g, v)
     assert out.target_ids.shape == out.eval_mask.shape == out.confidence_pred.shape == (2, a, g)

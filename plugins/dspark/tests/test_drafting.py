@@ -9,6 +9,7 @@ import torch
 
 from draftsmith.decode.engine import SpeculativeDecoder
 from draftsmith.decode.plain import generate_plain
+from draftsmith.errors import DraftsmithError
 from draftsmith.method import TargetFeatures, TargetRequest
 from draftsmith.target import run_target, target_heads
 from draftsmith_dspark.drafting import DSparkDrafter, markov_decode
@@ -131,7 +132,7 @@ def test_static_confidence_threshold_and_sts(tiny, setup):
         DSparkDrafter(draft, heads, confidence_threshold=0.0)
     with pytest.raises(ValueError, match="confidence_temperatures"):
         DSparkDrafter(draft, heads, confidence_temperatures=[1.0] * 3)
-    with pytest.raises(ValueError, match="unknown DSpark drafting option"):
+    with pytest.raises(ValueError, match="DSpark drafter: unknown option"):
         DSparkDrafter(draft, heads, treshold=0.5)
 
 
@@ -139,10 +140,10 @@ def test_protocol_misuse_is_reported(tiny, setup):
     tc, target, heads = setup
     draft = tiny.make_draft(tc).eval()
     drafter = DSparkDrafter(draft, heads)
-    with pytest.raises(RuntimeError, match="start"):
+    with pytest.raises(DraftsmithError, match="before start"):
         drafter.propose(3, 7)
     feats = TargetFeatures(hidden_states={i: torch.zeros(1, 4, 64) for i in draft.config.target_layer_ids})
-    with pytest.raises(ValueError, match="5 positions"):
+    with pytest.raises(ValueError, match="5 tokens but features for 4 positions"):
         drafter.start(torch.zeros(5, dtype=torch.long), feats)
     drafter.start(torch.zeros(4, dtype=torch.long), feats)
     with pytest.raises(ValueError, match="at least the anchor"):

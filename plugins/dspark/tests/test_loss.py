@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from draftsmith_dspark.common import DSparkForwardOutput, slot_decay_weights
+from draftsmith_dspark.anchors import DSparkForwardOutput, slot_decay_weights
 from draftsmith_dspark.fused_logits import fused_slot_loss
 from draftsmith_dspark.loss import compute_dspark_loss, fused_dspark_loss
 
@@ -227,7 +227,7 @@ def _with_shared(out, bias, shift):
 
 _DP_WORKER = """
 import sys, torch, torch.distributed as dist
-from draftsmith_dspark.common import DSparkForwardOutput
+from draftsmith_dspark.anchors import DSparkForwardOutput
 from draftsmith_dspark.loss import compute_dspark_loss
 rank, world, init_file, work = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
 dist.init_process_group("gloo", init_method="file://" + init_file, rank=rank, world_size=world)
@@ -247,7 +247,7 @@ torch.save(grads, f"{work}/grads{rank}.pt")
 # copy_full_tensor across sharding: a sharded target weight into a plain draft, a plain one into a sharded draft
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import Shard, distribute_tensor
-from draftsmith_dspark.common import copy_full_tensor
+from draftsmith.nn.weights import copy_full_tensor
 mesh = init_device_mesh("cpu", (world,))
 full = torch.arange(24.0).view(6, 4)
 sharded = distribute_tensor(full, mesh, [Shard(0)])

@@ -62,10 +62,12 @@ def test_fused_objective_equals_reference_loss(tiny, setup, kind):
     out.loss.backward()
     fused_grads = {n: p.grad.clone() for n, p in draft.named_parameters() if p.grad is not None}
     draft.zero_grad()
-    obj.load_state_dict({"calls": 0})  # the generator of the first call: same anchors
+    obj.load_run_state({"calls": 0})  # the stream's first draw again: same anchors
     loss_mask = batch["loss_mask"].bool() & batch["attention_mask"].bool()
-    ref_out = draft(batch["input_ids"], feats.stacked([1, 3]), loss_mask, feats.final_hidden, num_anchors=6,
-                    generator=obj._anchor_generator())  # dense SDPA mask: also checks the grouped backend
+    anchors, keep = obj.draw_anchors(loss_mask)
+    assert anchors.shape == (2, 6)
+    ref_out = draft(batch["input_ids"], feats.stacked([1, 3]), loss_mask, feats.final_hidden, anchors=anchors,
+                    block_keep_mask=keep)  # dense SDPA mask: also checks the grouped backend
     ref = compute_dspark_loss(ref_out)
     ref.loss.backward()
     torch.testing.assert_close(out.loss, ref.loss)
@@ -100,7 +102,7 @@ def test_bf16_autocast_step_tracks_fp32(tiny, setup):
     batch = tiny.make_batch(batch=2, length=20)
     feats = _features(target, obj, batch)
     ref = obj(batch, feats)
-    obj.load_state_dict({"calls": 0})
+    obj.load_run_state({"calls": 0})
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = obj(batch, feats)
     out.loss.backward()
@@ -115,8 +117,9 @@ def test_padding_is_never_anchored_or_supervised(tiny, setup):
     batch["loss_mask"][-1, -6:] = 1  # even a loss mask that (wrongly) covers padding
     feats = _features(target, obj, batch)
     loss_mask = batch["loss_mask"].bool() & batch["attention_mask"].bool()
+    anchors, keep = obj.draw_anchors(loss_mask)
     hid = draft.forward_hidden(batch["input_ids"], feats.stacked([1, 3]), loss_mask, feats.final_hidden,
-                               num_anchors=40)
+                               anchors=anchors, block_keep_mask=keep)
     assert hid.anchors.shape == (2, 40)
     kept = hid.anchors[1][hid.block_keep_mask[1]]
     assert kept.max() <= 8  # the last real pair (8, 9) of the padded row
@@ -138,7 +141,7 @@ def test_packed_batch_runs_with_position_ids(tiny, setup):
 
 def test_options(tiny, setup):
     tc, target, heads = setup
-    with pytest.raises(ConfigError, match="unknown DSpark objective option"):
+    with pytest.raises(ConfigError, match="DSpark objective: unknown option"):
         _objective(tiny, tc, heads, learning_rate=1e-3)
     with pytest.raises(ConfigError, match="block_size"):
         _objective(tiny, tc, heads, block_size=4)
@@ -168,9 +171,9 @@ def test_anchor_draws_are_seeded_resumable_and_change_per_call(tiny, setup):
     batch = tiny.make_batch(batch=1, length=24)
     feats = _features(target, obj, batch)
     first, second = obj(batch, feats), obj(batch, feats)
-    assert obj.state_dict() == {"calls": 2}
+    assert obj.run_state() == {"calls": 2}
     assert float(first.loss.detach()) != float(second.loss.detach())  # new anchors each call
-    obj.load_state_dict({"calls": 1})
+    obj.load_run_state({"calls": 1})
     torch.testing.assert_close(obj(batch, feats).loss, second.loss)  # resumed: the same draw
     _, other = _objective(tiny, tc, heads, seed=1)
     assert float(other(batch, feats).loss.detach()) != float(first.loss.detach())

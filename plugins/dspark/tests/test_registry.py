@@ -45,8 +45,8 @@ def test_method_layer_policy_is_this_rule():
 def test_explicit_ids_are_validated_and_may_use_embedding_output():
     assert build_target_layer_ids(36, target_layer_ids=[-1, 1, 9, 17, 25, 33]) == [-1, 1, 9, 17, 25, 33]
     assert validate_target_layer_ids([0, 35], 36) == [0, 35]
-    for bad, msg in [([], "empty"), ([1, 1], "strictly increasing"), ([5, 3], "strictly increasing"),
-                     ([36], "out of range"), ([-2], "out of range"), ([1.5], "ints"), ("1,2", "list")]:
+    for bad, msg in [([], "empty"), ([1, 1], "duplicates"), ([5, 3], "strictly increasing"),
+                     ([36], "out of range"), ([-2], "out of range"), ([1.5], "integers"), ("1,2", "list")]:
         with pytest.raises(ConfigError, match=msg):
             validate_target_layer_ids(bad, 36)
 

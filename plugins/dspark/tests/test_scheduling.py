@@ -6,11 +6,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from draftsmith_dspark.sampling import residual_distribution
 from draftsmith_dspark.scheduling import (apply_sts, expected_calibration_error, fit_sts_temperatures,
                                           prefix_survival, schedule_prefix_lengths, static_threshold_length)
 
 SPS = (1.0, 0.5, 0.45)  # steps/s at verify batch 1, 2, 3 (Appendix A)
+
+
+def _residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """The rejection sampler's correction distribution ``normalise(max(p − q, 0))`` in closed form (what
+    ``draftsmith.decode.verify.verify_sampling`` samples from; this test needs the exact distribution)."""
+    r = (p - q).clamp_min(0)
+    return r / r.sum()
 
 
 def test_item18_appendix_early_stop():
@@ -38,7 +44,7 @@ def _first_token_distribution(early_stop: bool) -> torch.Tensor:
         else:  # x_1 verified by rejection sampling
             accept = min(1.0, float(p_t[x1] / p_d[x1]))
             out[x1] += p_d[x1] * accept
-            out += p_d[x1] * (1 - accept) * residual_distribution(p_t, p_d)
+            out += p_d[x1] * (1 - accept) * _residual(p_t, p_d)
     return out
 
 

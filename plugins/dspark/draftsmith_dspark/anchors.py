@@ -1,10 +1,14 @@
-"""DSpark training-time plumbing shared by the draft forward, the loss and the tests.
+"""DSpark's block alignment: which positions anchor a block, what each slot predicts and is taught with.
 
 Alignment (sample-from-anchor, methods.md §3.1/§3.4, differs from DFlash): a block anchored at position ``a``
 feeds ``[x_a, MASK × (γ−1)]`` at positions ``a..a+γ−1``; **slot k predicts ``x_{a+k+1}``**, so all γ slots
 are supervised. The teacher for slot k is the target's own distribution at position ``a + k`` (the logits
 that predict the same token), and the Markov head's previous token for slot k is ``x_{a+k}``
 (``[x_a, y_{a+1}, …, y_{a+γ−1}]``, teacher forcing).
+
+Anchors: :func:`sample_block_anchors` (core's sampler over :func:`anchor_candidates`, padded to a fixed width),
+drawn by the objective from its :class:`~draftsmith.nn.random_stream.RandomStream`; packed rows' documents come
+from :func:`draftsmith.nn.documents.packed_document_ids`.
 """
 
 from __future__ import annotations
@@ -13,6 +17,9 @@ import dataclasses
 import math
 
 import torch
+
+from draftsmith.errors import ConfigError, DataError
+from draftsmith.nn.anchors import sample_anchors
 
 
 @dataclasses.dataclass
@@ -29,6 +36,22 @@ class DSparkForwardOutput:
 
 
 @dataclasses.dataclass
+class DSparkHiddenOutput:
+    """What ``Qwen3DSparkModel.forward_hidden`` returns: the training forward before any vocab projection."""
+
+    hidden: torch.Tensor  # (B, A, γ, H) final-normed slot states
+    markov_features: torch.Tensor | None  # (B, A, γ, r) φ, logit bias = markov_w2(φ)
+    confidence_pred: torch.Tensor | None  # (B, A, γ) fp32 logits
+    teacher_hidden: torch.Tensor | None  # (B, A, γ, H) target post-norm state at anchor + k
+    teacher_positions: torch.Tensor  # (B, A, γ) anchor + k (clamped): where the teacher logits come from
+    target_ids: torch.Tensor  # (B, A, γ)
+    prev_ids: torch.Tensor  # (B, A, γ) teacher-forced previous tokens
+    eval_mask: torch.Tensor  # (B, A, γ) bool
+    block_keep_mask: torch.Tensor  # (B, A) bool
+    anchors: torch.Tensor  # (B, A)
+
+
+@dataclasses.dataclass
 class BlockAlignment:
     """Per-slot indices of a batch of blocks, all (B, A, γ) except where noted."""
 
@@ -37,17 +60,6 @@ class BlockAlignment:
     teacher_positions: torch.Tensor  # anchor + k, clamped: where the target's logits for that token live
     prev_ids: torch.Tensor  # the Markov head's previous token: x_{anchor + k}
     eval_mask: torch.Tensor  # bool
-
-
-def document_ids(position_ids: torch.Tensor | None) -> torch.Tensor | None:
-    """Packed-sequence document index per token, from position ids that restart at 0 at each document start
-    (None when the batch is not packed: plain ``arange`` positions are a single document)."""
-    if position_ids is None:
-        return None
-    starts = position_ids == 0  # (B, S)
-    if bool((starts.sum(-1) <= 1).all()):
-        return None
-    return torch.cumsum(starts.to(torch.long), dim=-1)
 
 
 def anchor_candidates(loss_mask: torch.Tensor, doc_ids: torch.Tensor | None = None) -> torch.Tensor:
@@ -60,34 +72,16 @@ def anchor_candidates(loss_mask: torch.Tensor, doc_ids: torch.Tensor | None = No
     return valid
 
 
-def sample_anchors(loss_mask: torch.Tensor, num_anchors: int, *, doc_ids: torch.Tensor | None = None,
-                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_block_anchors(loss_mask: torch.Tensor, num_anchors: int, generator: torch.Generator | None = None, *,
+                         doc_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Up to ``num_anchors`` anchors per sequence, uniformly without replacement among the candidates, sorted
     ascending. Returns ``anchors (B, A)`` long and ``block_keep_mask (B, A)`` bool with exactly
-    ``A = num_anchors`` columns; column i is kept iff ``i < min(#candidates, A)``; unkept anchors are 0."""
-    if num_anchors < 1:
-        raise ValueError(f"num_anchors must be >= 1, got {num_anchors}")
+    ``A = num_anchors`` columns (shapes never depend on the data); column i is kept iff
+    ``i < min(#candidates, A)``; unkept anchors are 0."""
     if loss_mask.dim() != 2 or loss_mask.shape[1] < 2:
-        raise ValueError(f"loss_mask must be (B, S) with S >= 2, got {tuple(loss_mask.shape)}")
+        raise DataError(f"loss_mask must be (B, S) with S >= 2, got {tuple(loss_mask.shape)}")
     valid = anchor_candidates(loss_mask, doc_ids)  # (B, S−1)
-    bsz, n_cand = valid.shape
-    device = loss_mask.device
-    # a random key in [0, 1) for candidates and 2 for the rest: the k smallest keys are a uniform sample of
-    # the candidates, padded with non-candidates when there are fewer than k
-    keys = torch.rand(bsz, n_cand, generator=generator, device=generator.device if generator else device)
-    keys = torch.where(valid, keys.to(device), torch.full_like(keys, 2.0, device=device))
-    k = min(num_anchors, n_cand)
-    picked = keys.topk(k, dim=-1, largest=False).indices  # (B, k)
-    count = valid.sum(-1).clamp(max=num_anchors)  # (B,)
-    keep = torch.arange(k, device=device)[None, :] < count[:, None]  # (B, k): the first `count` are candidates
-    # sort the kept anchors ascending (pushing unkept columns to the end), then zero the unkept ones
-    picked = torch.where(keep, picked, torch.full_like(picked, n_cand + 1)).sort(dim=-1).values
-    anchors = torch.where(keep, picked, torch.zeros_like(picked))
-    if k < num_anchors:  # short sequences: pad to a fixed width so shapes never depend on the data
-        pad = num_anchors - k
-        anchors = torch.cat([anchors, anchors.new_zeros(bsz, pad)], dim=-1)
-        keep = torch.cat([keep, keep.new_zeros(bsz, pad)], dim=-1)
-    return anchors, keep
+    return sample_anchors(valid, num_anchors, generator, fixed_width=True)
 
 
 def align_blocks(input_ids: torch.Tensor, loss_mask: torch.Tensor, anchors: torch.Tensor,
@@ -126,7 +120,7 @@ def slot_decay_weights(block_size: int, loss_decay_gamma: float | None, *, devic
     if loss_decay_gamma is None:
         return torch.ones(block_size, device=device, dtype=dtype)
     if not (isinstance(loss_decay_gamma, (int, float)) and math.isfinite(loss_decay_gamma) and loss_decay_gamma > 0):
-        raise ValueError(f"loss_decay_gamma must be a positive number or None, got {loss_decay_gamma!r}")
+        raise ConfigError(f"loss_decay_gamma must be a positive number or None, got {loss_decay_gamma!r}")
     return torch.exp(-k / float(loss_decay_gamma)).to(dtype)
 
 
@@ -136,21 +130,3 @@ def gather_positions(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     flat = positions.reshape(bsz, -1)  # (B, N)
     out = x.gather(1, flat[..., None].expand(-1, -1, dim))  # (B, N, D)
     return out.view(*positions.shape, dim)
-
-
-def copy_full_tensor(dst: torch.Tensor, src: torch.Tensor) -> None:
-    """``dst.copy_(src)`` across sharding: a DTensor ``src`` (e.g. an FSDP-sharded target embedding) is gathered
-    to the full tensor first; a DTensor ``dst`` (a sharded draft) receives the full tensor scattered with its
-    own mesh and placements."""
-    src = src.detach()
-    if hasattr(src, "full_tensor"):
-        src = src.full_tensor()
-    if tuple(src.shape) != tuple(dst.shape):
-        raise ValueError(f"cannot copy a tensor of shape {tuple(src.shape)} into one of shape {tuple(dst.shape)}")
-    with torch.no_grad():
-        if hasattr(dst, "device_mesh"):
-            from torch.distributed.tensor import distribute_tensor
-
-            dst.copy_(distribute_tensor(src.to(dst.dtype), dst.device_mesh, dst.placements))
-        else:
-            dst.copy_(src.to(device=dst.device, dtype=dst.dtype))
