@@ -1,6 +1,6 @@
 """``Qwen3DSparkModel``: the DSpark draft for Qwen3-shaped targets (NeMo AutoModel ``dspark/draft_qwen3.py``).
 
-Main difference with the DFlash draft (same :mod:`draftsmith.nn.block_attention` backbone: ``fc`` +
+Main difference with the DFlash draft (same :mod:`draftsmith.nn.block_backbone` backbone: ``fc`` +
 ``hidden_norm`` context fusion, KV injection, non-causal in-block attention):
 
 * **sample-from-anchor** — the block is ``[x_a, MASK × (γ−1)]`` and slot k predicts ``x_{a+k+1}``, so all γ

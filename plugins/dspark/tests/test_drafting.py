@@ -10,7 +10,7 @@ import torch
 from draftsmith.decode.engine import SpeculativeDecoder
 from draftsmith.decode.plain import generate_plain
 from draftsmith.errors import DraftsmithError
-from draftsmith.method import TargetFeatures, TargetRequest
+from draftsmith.method import SuggestsNumTokens, TargetFeatures, TargetRequest
 from draftsmith.target import run_target, target_heads
 from draftsmith_dspark.drafting import DSparkDrafter, markov_decode
 
@@ -149,6 +149,7 @@ def test_protocol_misuse_is_reported(tiny, setup):
     with pytest.raises(ValueError, match="at least the anchor"):
         drafter.commit(torch.zeros(0, dtype=torch.long), feats)
     assert drafter.propose(3, 20).tokens.numel() == 7  # never more than γ
+    assert isinstance(drafter, SuggestsNumTokens) and drafter.default_num_tokens == 7  # a round asks for γ
     assert drafter.target_request() == TargetRequest(layer_ids=(1, 3), final_hidden=False)
 
 

@@ -42,6 +42,22 @@ def test_method_layer_policy_is_this_rule():
     assert method.default_layer_ids(36, **method.default_options) == [1, 10, 18, 26, 35]
 
 
+def test_method_declares_the_option_tables_once():
+    from draftsmith_dspark import config
+    from draftsmith_dspark.registry import DRAFT_OPTIONS, DRAFTER_OPTIONS, OBJECTIVE_OPTIONS
+
+    method = draftsmith.get_method("dspark")
+    assert method.draft_options == DRAFT_OPTIONS and method.objective_options == OBJECTIVE_OPTIONS
+    assert method.drafter_options == DRAFTER_OPTIONS and method.default_options == OBJECTIVE_OPTIONS
+    assert config.DRAFT_OPTIONS is DRAFT_OPTIONS  # config.py re-exports the same tables
+    # options shared by the draft and the objective reach both, wherever the user wrote them
+    draft, objective = method.route_options({"mask_token_id": 5}, {"num_anchors": 8, "confidence_head_alpha": 0.0})
+    assert draft == {"mask_token_id": 5, "num_anchors": 8, "confidence_head_alpha": 0.0}
+    assert objective["num_anchors"] == 8 and objective["confidence_head_alpha"] == 0.0 and objective["seed"] == 0
+    with pytest.raises(ConfigError, match="markov_ranks"):
+        method.route_options({"markov_ranks": 3}, {})
+
+
 def test_explicit_ids_are_validated_and_may_use_embedding_output():
     assert build_target_layer_ids(36, target_layer_ids=[-1, 1, 9, 17, 25, 33]) == [-1, 1, 9, 17, 25, 33]
     assert validate_target_layer_ids([0, 35], 36) == [0, 35]
