@@ -1,15 +1,10 @@
 """Shared test fixtures. Every test starts and ends with a fresh plugin manager, so in-process registrations
-(`draftsmith.register_draft` / `register_method`) never leak between tests."""
+(`draftsmith.register_draft` / `register_method`) never leak between tests. Shared helpers (not fixtures) live in
+the ``support`` package beside this file."""
 
 from __future__ import annotations
 
-import os
-import sys
-from pathlib import Path
-
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -34,12 +29,14 @@ def _fresh_plugins():
 @pytest.fixture
 def cli_env():
     """Environment for running the `draftsmith` CLI in a subprocess (no strict mode, no disabled plugins)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DRAFTSMITH_")}
-    return env
+    from support.cli import clean_env
+
+    return clean_env()
 
 
-def run_cli(args, env=None, cwd=None, timeout=300):
-    import subprocess
+@pytest.fixture
+def toy():
+    """The toy training method (support.train) registered in this test's fresh plugin manager."""
+    from support.train import register_toy
 
-    return subprocess.run([sys.executable, "-m", "draftsmith", *args], capture_output=True, text=True,
-                          env=env, cwd=cwd, timeout=timeout)
+    register_toy()

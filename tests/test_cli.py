@@ -4,7 +4,7 @@ import subprocess
 
 import pytest
 
-from conftest import run_cli
+from support.cli import run_cli
 
 SUBCOMMANDS = ["list-drafts", "plugins", "resolve", "train", "prepare-features", "inspect-data", "eval",
                "regenerate", "export"]

@@ -18,22 +18,7 @@ from draftsmith.data.records import read_records
 from draftsmith.data.samples import load_samples, split_eval, token_counts
 from draftsmith.errors import ConfigError, DataError
 
-
-
-def support():
-    import importlib.util
-    import sys
-
-    name = "draftsmith_train_support"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("test_train_support.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-T = support()
+from support.tiny import CHATML_GEN, CHATML_PLAIN, make_target, make_tokenizer
 
 CHAT = [
     {"role": "system", "content": "sys"},
@@ -53,7 +38,7 @@ def write_jsonl(path: Path, rows: list) -> Path:
 
 @pytest.fixture(scope="module")
 def tok():
-    return T.make_tokenizer()
+    return make_tokenizer()
 
 
 def supervised_text(tok, ids, mask) -> str:
@@ -62,7 +47,7 @@ def supervised_text(tok, ids, mask) -> str:
 
 # -- masks ---------------------------------------------------------------------------------------------------------
 def test_generation_tag_mask_supervises_exactly_the_assistant_turns(tok):
-    enc = ChatEncoder(tok, T.CHATML_GEN)
+    enc = ChatEncoder(tok, CHATML_GEN)
     assert enc.mode == "generation"
     ids, mask = enc.encode(CHAT)
     assert len(ids) == len(mask)
@@ -72,8 +57,8 @@ def test_generation_tag_mask_supervises_exactly_the_assistant_turns(tok):
 
 
 def test_prefix_rerendering_matches_generation_tags_up_to_the_template_suffix(tok):
-    gen_ids, gen_mask = ChatEncoder(tok, T.CHATML_GEN).encode(CHAT)
-    enc = ChatEncoder(tok, T.CHATML_PLAIN)
+    gen_ids, gen_mask = ChatEncoder(tok, CHATML_GEN).encode(CHAT)
+    enc = ChatEncoder(tok, CHATML_PLAIN)
     assert enc.mode == "prefix"
     ids, mask = enc.encode(CHAT)
     assert ids == gen_ids  # same rendering
@@ -95,7 +80,7 @@ def test_prefix_rerendering_refuses_templates_that_rewrite_history(tok):
 
 
 def test_missing_chat_template_is_a_clear_error():
-    tok = T.make_tokenizer(chat_template=None)
+    tok = make_tokenizer(chat_template=None)
     assert resolve_template(tok) is None
     with pytest.raises(ConfigError, match="chat template"):
         ChatEncoder(tok, None)
@@ -253,7 +238,7 @@ def test_collate_right_pads_single_rows(tmp_path):
 def test_inspect_data_highlights_supervised_spans(tmp_path, capsys):
     from draftsmith.cli import run_command
 
-    target = T.make_target(tmp_path / "tgt")
+    target = make_target(tmp_path / "tgt")
     path = write_jsonl(tmp_path / "d.jsonl", [{"messages": CHAT},
                                               {"messages": [{"role": "user", "content": "only a question"}]}])
     assert run_command(["inspect-data", "--target", str(target), "--data", str(path), "--color", "never"]) == 0

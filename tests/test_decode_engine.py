@@ -15,14 +15,6 @@ from draftsmith.errors import DraftsmithError
 from draftsmith.method import Proposal, TargetRequest
 from draftsmith.target import run_target
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny models: one intra-op thread is fastest, and the CI machine's 2 cores are shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 PROMPT = torch.tensor([5, 17, 33, 9, 100, 7, 64, 3])
 GAMMA = 5

@@ -25,7 +25,7 @@ from draftsmith.decode.estimate import replay_tau
 from draftsmith.decode.testing import save_tiny_target, tiny_target
 from draftsmith.target import run_target, target_heads
 
-from conftest import run_cli
+from support.cli import run_cli
 
 FIRST_PARTY = {"eagle": ("eagle1", "eagle2", "eagle3"), "dflash": ("dflash",), "dspark": ("dspark",)}
 ARCHS = {"qwen3": "Qwen3ForCausalLM", "llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
@@ -56,14 +56,6 @@ def _methods() -> list[str]:
 
 METHODS = _methods()
 PAIRS = [(m, a) for m in METHODS for a in ARCHS]
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_installed_first_party_drafters_import():

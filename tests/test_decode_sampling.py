@@ -11,14 +11,6 @@ from draftsmith.decode.sampling import SamplingConfig, pick_token, target_distri
 from draftsmith.decode.verify import DraftTree, verify_greedy, verify_sampling
 from draftsmith.errors import ConfigError
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny models: one intra-op thread is fastest, and the CI machine's 2 cores are shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 N = 120_000
 

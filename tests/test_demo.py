@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from support import REPO
 
 
 @pytest.mark.parametrize("method", ["eagle3", "dflash"])

@@ -4,9 +4,7 @@ prepare-features writes the same features as one rank."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,52 +14,27 @@ import torch
 
 from draftsmith.train.config import from_dict
 
+from support.cli import free_port, subprocess_env
+from support.tiny import make_chat_data, make_target
+from support.train import finite, launcher, load_weights, read_metrics, register_toy, toy_config
 
-def support():
-    name = "draftsmith_train_support"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("test_train_support.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-T = support()
 STEPS = 4
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def torchrun(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(free_port()), str(T.launcher(tmp_path)), *args]
-    res = subprocess.run(cmd, capture_output=True, text=True, env=T.subprocess_env(), timeout=400)
+           "--master-port", str(free_port()), str(launcher(tmp_path)), *args]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), timeout=400)
     assert res.returncode == 0, res.stderr[-3000:]
     return res
 
 
-def weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(run_dir / "final" / "model.safetensors"))
-
-
 def config(root: Path, world: dict, name: str, batch_size: int, **extra) -> dict:
     # constant LR (no warmup, min_lr_ratio 1): a run stopped at step 2 and resumed to 4 follows the same schedule
-    return T.toy_config(root, world["target"], world["data"], **{
+    return toy_config(root, world["target"], world["data"], **{
         "train.max_steps": STEPS, "train.batch_size": batch_size, "train.output_dir": str(root / name),
         "train.min_lr_ratio": 1.0, "train.save_every": 2, "train.keep_checkpoints": 0, "data.eval_fraction": 0.2,
         "train.eval_every": 2, **extra})
-
-
-@pytest.fixture
-def toy():
-    T.register_toy()
 
 
 @pytest.fixture(scope="module")
@@ -71,22 +44,22 @@ def world(tmp_path_factory):
     from draftsmith.train.trainer import train
 
     root = tmp_path_factory.mktemp("dist")
-    w = {"root": root, "target": T.make_target(root / "tgt"), "data": T.make_chat_data(root / "d.jsonl", n=24)}
+    w = {"root": root, "target": make_target(root / "tgt"), "data": make_chat_data(root / "d.jsonl", n=24)}
     draftsmith.reset_plugins()
-    T.register_toy()
+    register_toy()
     train(from_dict(config(root, w, "reference", batch_size=4)))
     w["reference"] = root / "reference"
     return w
 
 
 def assert_same_run(run: Path, reference: Path) -> None:
-    want, got = weights(reference), weights(run)
+    want, got = load_weights(reference / "final"), load_weights(run / "final")
     assert sorted(want) == sorted(got)
     for k in want:
         torch.testing.assert_close(got[k], want[k], rtol=1e-4, atol=2e-5)
     # the logged, all-reduced metrics agree too (loss, accuracy, eval incl. replay τ)
-    ref = {(r["step"], r["split"]): r for r in T.read_metrics(reference) if "split" in r}
-    for r in T.read_metrics(run):
+    ref = {(r["step"], r["split"]): r for r in read_metrics(reference) if "split" in r}
+    for r in read_metrics(run):
         if "split" not in r:
             continue
         for key in ("loss", "accuracy", "tau_replay"):
@@ -124,8 +97,8 @@ def test_prepare_features_on_two_ranks_matches_one_rank(tmp_path, world):
     from draftsmith.train.prepare import prepare_features
 
     draftsmith.reset_plugins()
-    T.register_toy()
-    cfg = T.toy_config(tmp_path, world["target"], world["data"])
+    register_toy()
+    cfg = toy_config(tmp_path, world["target"], world["data"])
     prepare_features(from_dict(cfg), tmp_path / "one", dtype="float32", log=lambda s: None)
     path = tmp_path / "p.yaml"
     path.write_text(json.dumps(cfg))
@@ -157,14 +130,14 @@ def test_fsdp_with_a_method_that_calls_the_draft_a_data_dependent_number_of_time
         draftsmith.get_method("dflash").load_objective()
     except Exception as exc:
         pytest.fail(f"dflash objective does not import: {exc}")
-    target = T.make_target(tmp_path / "tgt6", num_layers=6)
-    cfg = T.toy_config(tmp_path, target, world["data"], method="dflash",
-                       draft={"mask_token_id": 3, "num_draft_layers": 2, "block_size": 4},
-                       method_options={"num_anchors": 8},
-                       **{"train.max_steps": 3, "train.batch_size": 2, "train.eval_every": 1,
-                          "data.eval_fraction": 0.2, "distributed.strategy": "fsdp"})
+    target = make_target(tmp_path / "tgt6", num_layers=6)
+    cfg = toy_config(tmp_path, target, world["data"], method="dflash",
+                     draft={"mask_token_id": 3, "num_draft_layers": 2, "block_size": 4},
+                     method_options={"num_anchors": 8},
+                     **{"train.max_steps": 3, "train.batch_size": 2, "train.eval_every": 1,
+                        "data.eval_fraction": 0.2, "distributed.strategy": "fsdp"})
     path = tmp_path / "dflash.yaml"
     path.write_text(json.dumps(cfg))
     res = torchrun(tmp_path, "train", str(path))
-    evals = [r for r in T.read_metrics(tmp_path / "run") if r.get("split") == "eval"]
-    assert [r["step"] for r in evals] == [1, 2, 3] and all(T.finite(r["tau_replay"]) for r in evals), res.stderr[-2000:]
+    evals = [r for r in read_metrics(tmp_path / "run") if r.get("split") == "eval"]
+    assert [r["step"] for r in evals] == [1, 2, 3] and all(finite(r["tau_replay"]) for r in evals), res.stderr[-2000:]

@@ -4,7 +4,7 @@ import inspect
 
 from draftsmith import hookspecs
 
-from conftest import REPO
+from support import REPO
 
 
 def test_every_hook_is_documented():

@@ -13,15 +13,7 @@ from draftsmith.decode.estimate import (ReplayStats, acceptance_probability, ana
 from draftsmith.decode.testing import OracleDrafter, every_nth, oracle_acceptance_lengths, tiny_target
 from draftsmith.target import run_target
 
-from test_decode_toy_method import ToyDrafter, ToyObjective, toy_draft_for
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from support.decode import ToyDrafter, ToyObjective, toy_draft_for
 
 
 def test_expected_tau_reference_numbers():

@@ -14,7 +14,7 @@ from draftsmith.decode.prompts import encode_prompt, read_prompts
 from draftsmith.decode.testing import save_tiny_target
 from draftsmith.target import load_tokenizer
 
-from test_decode_toy_method import register_toy_method, toy_draft_for
+from support.decode import register_toy_method, toy_draft_for
 
 PROMPTS = [
     {"messages": [{"role": "user", "content": "what is the time of day"}]},
@@ -23,14 +23,6 @@ PROMPTS = [
     {"text": "the people of the water"},
     {"text": "one two three"},
 ]
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture

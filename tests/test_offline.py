@@ -4,61 +4,26 @@ and packed rows seeing only their own document."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from draftsmith.data.features import FORMAT, FeatureCache, ManifestMismatch
-from draftsmith.train.config import from_dict
 
-
-def support():
-    name = "draftsmith_train_support"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("test_train_support.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-T = support()
-
-
-@pytest.fixture
-def toy():
-    T.register_toy()
+from support.tiny import CHATML_PLAIN, make_chat_data, make_target
+from support.train import finite, prepare, register_toy, run_train, toy_config, train_losses
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("offline")
-    return {"target": T.make_target(root / "tgt", num_layers=6), "data": T.make_chat_data(root / "d.jsonl", n=16),
-            "eval": T.make_chat_data(root / "e.jsonl", n=4, seed=1), "root": root}
-
-
-def prepare(cfg: dict, out: Path, dtype: str = "float32", **kw) -> dict:
-    from draftsmith.train.prepare import prepare_features
-
-    return prepare_features(from_dict(cfg), out, dtype=dtype, log=lambda s: None, **kw)
-
-
-def train(cfg: dict):
-    from draftsmith.train.trainer import train as _train
-
-    return _train(from_dict(cfg))
-
-
-def train_losses(run_dir: Path) -> list[float]:
-    return [r["loss"] for r in T.read_metrics(run_dir) if r.get("split") == "train"]
+    return {"target": make_target(root / "tgt", num_layers=6), "data": make_chat_data(root / "d.jsonl", n=16),
+            "eval": make_chat_data(root / "e.jsonl", n=4, seed=1), "root": root}
 
 
 def test_prepare_features_writes_shards_heads_and_a_complete_manifest(tmp_path, world, toy):
-    cfg = T.toy_config(tmp_path, world["target"], world["data"], **{"data.eval": [str(world["eval"])]})
+    cfg = toy_config(tmp_path, world["target"], world["data"], **{"data.eval": [str(world["eval"])]})
     manifest = prepare(cfg, tmp_path / "feat", dtype="bfloat16", shard_mb=0)  # shard_mb=0: one sample per shard
     on_disk = json.loads((tmp_path / "feat" / "manifest.json").read_text())
     assert on_disk == manifest
@@ -92,7 +57,7 @@ def test_prepare_features_writes_shards_heads_and_a_complete_manifest(tmp_path, 
 
 
 def test_half_precision_storage_halves_the_disk(tmp_path, world, toy):
-    cfg = T.toy_config(tmp_path, world["target"], world["data"])
+    cfg = toy_config(tmp_path, world["target"], world["data"])
     sizes = {d: prepare(cfg, tmp_path / d, dtype=d)["bytes_per_sample"] for d in ("float32", "bfloat16", "float16")}
     assert sizes["bfloat16"] == pytest.approx(sizes["float16"], rel=1e-3)
     assert 0.45 < sizes["bfloat16"] / sizes["float32"] < 0.6  # token ids and masks do not shrink
@@ -122,27 +87,27 @@ def test_online_and_offline_training_agree(tmp_path, world, toy, method):
     if method != "toy" and not installed(method):
         pytest.fail(f"method {method!r} is not installed or its objective does not import")
     draft, options = METHODS[method]
-    base = T.toy_config(tmp_path, world["target"], world["data"], method=method, draft=draft,
-                        method_options=options, **{"train.max_steps": 3, "train.lr": 1e-3, "data.eval_fraction": 0.25,
-                                                   "data.seq_len": 80})
+    base = toy_config(tmp_path, world["target"], world["data"], method=method, draft=draft,
+                      method_options=options, **{"train.max_steps": 3, "train.lr": 1e-3, "data.eval_fraction": 0.25,
+                                                 "data.seq_len": 80})
     prepare(base, tmp_path / "feat", dtype="float32")
-    online = train({**base, "train": {**base["train"], "output_dir": str(tmp_path / "online")}})
-    offline = train({**base, "train": {**base["train"], "output_dir": str(tmp_path / "offline"),
-                                       "offline_features": str(tmp_path / "feat")}})
+    online = run_train({**base, "train": {**base["train"], "output_dir": str(tmp_path / "online")}})
+    offline = run_train({**base, "train": {**base["train"], "output_dir": str(tmp_path / "offline"),
+                                           "offline_features": str(tmp_path / "feat")}})
     a, b = train_losses(tmp_path / "online"), train_losses(tmp_path / "offline")
-    assert len(a) == 3 and all(T.finite(x) for x in a)
+    assert len(a) == 3 and all(finite(x) for x in a)
     torch.testing.assert_close(torch.tensor(b), torch.tensor(a), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(torch.tensor(offline.eval_metrics["loss"]), torch.tensor(online.eval_metrics["loss"]),
                                rtol=1e-4, atol=1e-5)
 
 
 def test_bf16_features_and_packing_train_close_to_online(tmp_path, world, toy):
-    base = T.toy_config(tmp_path, world["target"], world["data"], **{"train.max_steps": 3, "data.packing": True,
-                                                                     "data.seq_len": 200})
+    base = toy_config(tmp_path, world["target"], world["data"], **{"train.max_steps": 3, "data.packing": True,
+                                                                   "data.seq_len": 200})
     prepare(base, tmp_path / "feat", dtype="bfloat16")
-    train({**base, "train": {**base["train"], "output_dir": str(tmp_path / "online")}})
-    train({**base, "train": {**base["train"], "output_dir": str(tmp_path / "offline"),
-                             "offline_features": str(tmp_path / "feat")}})
+    run_train({**base, "train": {**base["train"], "output_dir": str(tmp_path / "online")}})
+    run_train({**base, "train": {**base["train"], "output_dir": str(tmp_path / "offline"),
+                                 "offline_features": str(tmp_path / "feat")}})
     torch.testing.assert_close(torch.tensor(train_losses(tmp_path / "offline")),
                                torch.tensor(train_losses(tmp_path / "online")), rtol=2e-2, atol=2e-2)
 
@@ -152,35 +117,35 @@ def cache(world, tmp_path_factory):
     import draftsmith
 
     draftsmith.reset_plugins()
-    T.register_toy()
+    register_toy()
     out = tmp_path_factory.mktemp("cache") / "feat"
-    prepare(T.toy_config(out.parent, world["target"], world["data"]), out)
+    prepare(toy_config(out.parent, world["target"], world["data"]), out)
     return out
 
 
 @pytest.mark.parametrize("change,field", [
     ({"data.seq_len": 64}, "'seq_len'"),
     ({"draft": {"target_layer_ids": [1, 3]}}, "'layer_ids'"),
-    ({"data.chat_template": T.CHATML_PLAIN}, "'chat_template_sha256'"),
+    ({"data.chat_template": CHATML_PLAIN}, "'chat_template_sha256'"),
     ({"data.train": "OTHER_DATA"}, "'splits.train.data_sha256'"),
     ({"target.path": "OTHER_TARGET"}, "'target_path'"),
     ({"data.eval": "OTHER_DATA"}, "'splits.eval' is missing"),
 ])
 def test_manifest_mismatch_names_the_field(tmp_path, world, cache, toy, change, field):
-    other_data = T.make_chat_data(tmp_path / "other.jsonl", n=16, seed=7)
-    cfg = T.toy_config(tmp_path, world["target"], world["data"], **{"train.offline_features": str(cache)})
+    other_data = make_chat_data(tmp_path / "other.jsonl", n=16, seed=7)
+    cfg = toy_config(tmp_path, world["target"], world["data"], **{"train.offline_features": str(cache)})
     for key, value in change.items():
         if value == "OTHER_DATA":
             value = [str(other_data)]
         if value == "OTHER_TARGET":
-            value = str(T.make_target(tmp_path / "other_target", num_layers=6, seed=1))
+            value = str(make_target(tmp_path / "other_target", num_layers=6, seed=1))
         section, _, leaf = key.partition(".")
         if leaf:
             cfg[section][leaf] = value
         else:
             cfg[section] = value
     with pytest.raises(ManifestMismatch) as err:
-        train(cfg)
+        run_train(cfg)
     assert f"field {field}" in str(err.value) or f"field {field.strip(chr(39))}" in str(err.value)
 
 
@@ -192,14 +157,14 @@ def test_a_cache_without_manifest_is_refused(tmp_path, world, cache, toy):
     broken = tmp_path / "broken"
     shutil.copytree(cache, broken)
     (broken / "manifest.json").unlink()  # e.g. prepare-features was killed before finishing
-    cfg = T.toy_config(tmp_path, world["target"], world["data"], **{"train.offline_features": str(broken)})
+    cfg = toy_config(tmp_path, world["target"], world["data"], **{"train.offline_features": str(broken)})
     with pytest.raises(DataError, match="no manifest.json"):
-        train(cfg)
+        run_train(cfg)
     manifest = json.loads((cache / "manifest.json").read_text())
     manifest["format_version"] = 99
     (broken / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ManifestMismatch, match="field 'format_version'"):
-        train(cfg)
+        run_train(cfg)
 
 
 def test_packed_rows_see_only_their_own_document(world):

@@ -6,7 +6,7 @@ import zipfile
 
 import pytest
 
-from conftest import REPO
+from support import REPO
 
 DISTS = [
     (".", "draftsmith", "draftsmith/__init__.py", None),

@@ -7,7 +7,7 @@ import draftsmith
 from draftsmith import PluginLoadError
 from draftsmith.plugins import PluginManager
 
-from _fake_plugins import FakeEntryPoint, write_module
+from support.fake_plugins import FakeEntryPoint, write_module
 
 GOOD = """
 import draftsmith

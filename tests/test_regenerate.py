@@ -22,14 +22,6 @@ PROMPTS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture
 def target(tmp_path):
     path = tmp_path / "target"

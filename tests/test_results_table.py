@@ -5,7 +5,7 @@ import json
 import subprocess
 import sys
 
-from conftest import REPO
+from support import REPO
 
 
 def _figures(method, tau, lossless=True):

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from conftest import REPO, run_cli
+from support import REPO
+from support.cli import run_cli
 
 
 @pytest.fixture(scope="module")

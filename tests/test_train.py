@@ -4,7 +4,6 @@ bad inputs that must give one clear line and a non-zero exit."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import signal
 import subprocess
@@ -21,51 +20,22 @@ from draftsmith.train import checkpointing as ckpt
 from draftsmith.train.config import describe_keys, from_dict, load_config
 from draftsmith.train.schedule import lr_factor
 
-
-def support():
-    name = "draftsmith_train_support"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("test_train_support.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-T = support()
-
-
-@pytest.fixture
-def toy():
-    T.register_toy()
+from support.cli import subprocess_env
+from support.tiny import make_chat_data, make_target
+from support.train import (ToyDraft, finite, launcher, load_weights, read_metrics, register_toy, run_train,
+                           toy_config)
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
-    return {"target": T.make_target(root / "tgt"), "data": T.make_chat_data(root / "d.jsonl", n=24),
+    return {"target": make_target(root / "tgt"), "data": make_chat_data(root / "d.jsonl", n=24),
             "root": root}
 
 
-def run_train(cfg: dict):
-    from draftsmith.train.trainer import train
-
-    return train(from_dict(cfg))
-
-
-def env():
-    return T.subprocess_env()
-
-
 def cli(tmp_path, *args, timeout=240):
-    return subprocess.run([sys.executable, str(T.launcher(tmp_path)), *args], capture_output=True, text=True,
-                          env=env(), timeout=timeout)
-
-
-def weights(path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(Path(path) / "model.safetensors"))
+    return subprocess.run([sys.executable, str(launcher(tmp_path)), *args], capture_output=True, text=True,
+                          env=subprocess_env(), timeout=timeout)
 
 
 # -- config and CLI surface ------------------------------------------------------------------------------------
@@ -83,7 +53,8 @@ def test_help_lists_every_key_and_imports_no_torch():
             "    out[cmd] = buf.getvalue()\n"
             "heavy = [m for m in ('torch', 'transformers', 'numpy') if m in sys.modules]\n"
             "import json; print(json.dumps({'help': out, 'heavy': heavy}))\n")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env(), timeout=60)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env(),
+                         timeout=60)
     assert res.returncode == 0, res.stderr
     info = json.loads(res.stdout)
     assert info["heavy"] == []
@@ -144,29 +115,29 @@ def test_warmup_then_cosine_to_min_ratio():
 
 # -- the loop ----------------------------------------------------------------------------------------------------
 def test_toy_training_learns_evaluates_and_saves_a_loadable_draft(tmp_path, world, toy):
-    cfg = T.toy_config(tmp_path, world["target"], world["data"], **{
+    cfg = toy_config(tmp_path, world["target"], world["data"], **{
         "train.max_steps": 24, "train.lr": 5e-2, "data.eval_fraction": 0.25, "train.eval_every": 12})
     result = run_train(cfg)
-    records = T.read_metrics(tmp_path / "run")
+    records = read_metrics(tmp_path / "run")
     train_loss = [r["loss"] for r in records if r.get("split") == "train"]
-    assert len(train_loss) == 24 and all(T.finite(x) for x in train_loss)
+    assert len(train_loss) == 24 and all(finite(x) for x in train_loss)
     assert sum(train_loss[-6:]) / 6 < sum(train_loss[:6]) / 6 - 0.1
     evals = [r for r in records if r.get("split") == "eval"]
     assert [r["step"] for r in evals] == [12, 24]
     assert evals[-1]["loss"] < evals[0]["loss"]
     for key in ("accuracy", "tau_sim", "tau_replay", "replay_rounds"):  # the method's metrics + replay τ
-        assert T.finite(evals[-1][key]), key
+        assert finite(evals[-1][key]), key
     assert 1.0 <= evals[-1]["tau_replay"] <= 2.0  # the toy drafts one token: τ ∈ [1, 2]
     first = records[0]
     assert first["lr"] == pytest.approx(5e-2 * lr_factor(0, 24, 0.0, 0.1))
-    assert T.finite(first["tokens_per_s"]) and 0 < first["target_time_share"] < 1 and T.finite(first["grad_norm"])
+    assert finite(first["tokens_per_s"]) and 0 < first["target_time_share"] < 1 and finite(first["grad_norm"])
     # the final draft: save_pretrained layout, loadable through the registry, equal to the trained weights
     final = result.final_dir
     assert sorted(p.name for p in final.iterdir()) == ["config.json", "model.safetensors"]
     loaded = draftsmith.load_draft(final)
-    assert isinstance(loaded, T.ToyDraft)
+    assert isinstance(loaded, ToyDraft)
     for k, v in loaded.state_dict().items():
-        torch.testing.assert_close(v, weights(ckpt.latest_checkpoint(tmp_path / "run") / "draft")[k])
+        torch.testing.assert_close(v, load_weights(ckpt.latest_checkpoint(tmp_path / "run") / "draft")[k])
     # prepare() got the supervised-token counts, cached beside the run, and its effect was saved
     from safetensors.torch import load_file
 
@@ -178,32 +149,32 @@ def test_toy_training_learns_evaluates_and_saves_a_loadable_draft(tmp_path, worl
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_other_architectures_and_packing(tmp_path, world, toy, arch):
-    target = T.make_target(tmp_path / arch, arch=arch, num_layers=3)
-    cfg = T.toy_config(tmp_path, target, world["data"], **{"train.max_steps": 3, "data.packing": True,
-                                                            "data.seq_len": 200})
+    target = make_target(tmp_path / arch, arch=arch, num_layers=3)
+    cfg = toy_config(tmp_path, target, world["data"], **{"train.max_steps": 3, "data.packing": True,
+                                                          "data.seq_len": 200})
     run_train(cfg)
-    records = T.read_metrics(tmp_path / "run")
-    assert len(records) == 3 and all(T.finite(r["loss"]) for r in records)
+    records = read_metrics(tmp_path / "run")
+    assert len(records) == 3 and all(finite(r["loss"]) for r in records)
     # packed rows: ~2 conversations per 200-token row -> more tokens per batch than unpacked rows
     assert records[0]["supervised_tokens"] > 150
 
 
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, world, toy):
-    cfg = T.toy_config(tmp_path, world["target"], world["data"], method_options={"nan_after_calls": 5},
-                       **{"train.max_steps": 10, "train.save_every": 2})
+    cfg = toy_config(tmp_path, world["target"], world["data"], method_options={"nan_after_calls": 5},
+                     **{"train.max_steps": 10, "train.save_every": 2})
     with pytest.raises(TrainingError) as err:
         run_train(cfg)
     message = str(err.value)
     assert "loss is nan at step 6" in message and "step_00000004" in message
     found = ckpt.list_checkpoints(tmp_path / "run")
     assert [s for s, _ in found] == [2, 4]  # keep_checkpoints=2, nothing written after the failure
-    assert all(torch.isfinite(v).all() for v in weights(found[-1][1] / "draft").values())
+    assert all(torch.isfinite(v).all() for v in load_weights(found[-1][1] / "draft").values())
     assert not (tmp_path / "run" / "final").exists()
 
 
 def test_incomplete_checkpoints_are_ignored_and_existing_runs_protected(tmp_path, world, toy):
     out = tmp_path / "run"
-    cfg = T.toy_config(tmp_path, world["target"], world["data"], **{"train.max_steps": 2})
+    cfg = toy_config(tmp_path, world["target"], world["data"], **{"train.max_steps": 2})
     run_train(cfg)
     assert [s for s, _ in ckpt.list_checkpoints(out)] == [2]
     # debris of a run killed while saving: a temp dir and a step dir without meta.json
@@ -227,14 +198,14 @@ def test_resume_after_sigkill_reaches_the_same_weights(tmp_path, world, toy):
     base = dict(method_options={"delay": 0.0}, **{"train.max_steps": steps, "train.save_every": 2,
                                                    "train.keep_checkpoints": 0, "data.eval_fraction": 0.2,
                                                    "train.eval_every": 3})
-    reference = run_train(T.toy_config(tmp_path / "ref", world["target"], world["data"], **base))
+    reference = run_train(toy_config(tmp_path / "ref", world["target"], world["data"], **base))
 
-    killed_cfg = T.toy_config(tmp_path / "killed", world["target"], world["data"], **base)
+    killed_cfg = toy_config(tmp_path / "killed", world["target"], world["data"], **base)
     killed_cfg["method_options"] = {"delay": 0.4}  # slow steps, so the kill lands mid-run
     path = tmp_path / "killed.yaml"
     path.write_text(json.dumps(killed_cfg))
-    proc = subprocess.Popen([sys.executable, str(T.launcher(tmp_path)), "train", str(path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env())
+    proc = subprocess.Popen([sys.executable, str(launcher(tmp_path)), "train", str(path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=subprocess_env())
     out = Path(killed_cfg["train"]["output_dir"])
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
@@ -250,12 +221,12 @@ def test_resume_after_sigkill_reaches_the_same_weights(tmp_path, world, toy):
     res = cli(tmp_path, "train", str(path), "--resume", "--set", "method_options.delay=0")
     assert res.returncode == 0, res.stderr[-2000:]
     assert f"resumed from {ckpt.step_dir(out, done[-1])} at step {done[-1]}" in res.stderr
-    want, got = weights(reference.final_dir), weights(out / "final")
+    want, got = load_weights(reference.final_dir), load_weights(out / "final")
     assert sorted(want) == sorted(got)
     for k in want:
         torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-6)
     # the metrics log continues where the checkpoint left off, marking the resume
-    records = T.read_metrics(out)
+    records = read_metrics(out)
     assert any(r.get("event") == "resume" and r["step"] == done[-1] for r in records)
     assert max(r.get("step", 0) for r in records) == steps
     logged = [(r["step"], r["split"]) for r in records if "split" in r]
@@ -272,20 +243,20 @@ BAD_CASES = ["missing_target", "no_tokenizer", "no_chat_template", "empty_datase
 def bad_runs(tmp_path_factory):
     """Every bad-input CLI run, two at a time (independent runs; most of their time is importing torch)."""
     root = tmp_path_factory.mktemp("bad")
-    good = T.make_target(root / "good")
-    data = T.make_chat_data(root / "d.jsonl", n=4)
-    no_tok = T.make_target(root / "no_tokenizer", tokenizer=False)
-    no_template = T.make_target(root / "no_template", chat_template=None)
+    good = make_target(root / "good")
+    data = make_chat_data(root / "d.jsonl", n=4)
+    no_tok = make_target(root / "no_tokenizer", tokenizer=False)
+    no_template = make_target(root / "no_template", chat_template=None)
     (root / "empty.jsonl").write_text("\n")
     (root / "masked.jsonl").write_text(
         "\n".join(json.dumps({"messages": [{"role": "user", "content": f"q{i}"}]}) for i in range(3)) + "\n")
     nope = str(root / "nope")
     draftsmith.reset_plugins()
-    T.register_toy()
+    register_toy()
     from draftsmith.train.prepare import prepare_features
 
     features = root / "features"  # built for seq_len 96; the run below asks for 64
-    prepare_features(from_dict(T.toy_config(root, good, data)), features, log=lambda s: None)
+    prepare_features(from_dict(toy_config(root, good, data)), features, log=lambda s: None)
     cases = {
         "missing_target": ("--target", nope, f"target path '{nope}' does not exist"),
         "no_tokenizer": ("--target", str(no_tok), "has no tokenizer files"),
@@ -297,7 +268,7 @@ def bad_runs(tmp_path_factory):
         "unknown_method": ("--method", "medusa9", "unknown draft method 'medusa9'"),
         "wrong_manifest": ("--offline-features", str(features), "field 'seq_len' is 96, the run has 64"),
     }
-    launcher = T.launcher(root)
+    script = launcher(root)
     commands = {}
     for case, (flag, value, message) in cases.items():
         args = ["train", "--method", "toy", "--target", str(good), "--data", str(data),
@@ -306,10 +277,10 @@ def bad_runs(tmp_path_factory):
             args[args.index(flag) + 1] = value
         else:
             args += [flag, value]
-        commands[case] = [sys.executable, str(launcher), *args]
+        commands[case] = [sys.executable, str(script), *args]
 
     def run(case):
-        res = subprocess.run(commands[case], capture_output=True, text=True, env=env(), timeout=300)
+        res = subprocess.run(commands[case], capture_output=True, text=True, env=subprocess_env(), timeout=300)
         return case, (res.returncode, res.stderr, cases[case][2])
 
     from concurrent.futures import ThreadPoolExecutor

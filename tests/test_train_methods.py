@@ -4,8 +4,6 @@ through the registry with the trained weights."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,18 +12,9 @@ import torch
 import draftsmith
 from draftsmith.train.config import from_dict
 
-
-def support():
-    name = "draftsmith_train_support"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("test_train_support.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-T = support()
+from support import REPO
+from support.tiny import make_chat_data, make_target
+from support.train import finite, read_metrics, toy_config
 
 # draft options, method options and a learning rate that moves a tiny draft within 10 steps
 METHODS = {
@@ -40,9 +29,9 @@ METHODS = {
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("methods")
-    return {"root": root, "data": T.make_chat_data(root / "d.jsonl", n=16),
-            "qwen3": T.make_target(root / "qwen3", "qwen3", num_layers=6),
-            "llama": T.make_target(root / "llama", "llama", num_layers=6)}
+    return {"root": root, "data": make_chat_data(root / "d.jsonl", n=16),
+            "qwen3": make_target(root / "qwen3", "qwen3", num_layers=6),
+            "llama": make_target(root / "llama", "llama", num_layers=6)}
 
 
 @pytest.mark.parametrize("arch", ["qwen3", "llama"])
@@ -55,13 +44,13 @@ def test_method_trains_and_its_draft_loads(tmp_path, world, method, arch):
     except Exception as exc:  # a broken plugin must fail loudly here, not vanish from the test list
         pytest.fail(f"method {method!r}: objective does not import: {exc}")
     draft, options, lr = METHODS[method]
-    cfg = T.toy_config(tmp_path, world[arch], world["data"], method=method, draft=draft, method_options=options,
-                       **{"train.max_steps": 10, "train.lr": lr, "data.eval_fraction": 0.25, "data.seq_len": 80})
+    cfg = toy_config(tmp_path, world[arch], world["data"], method=method, draft=draft, method_options=options,
+                     **{"train.max_steps": 10, "train.lr": lr, "data.eval_fraction": 0.25, "data.seq_len": 80})
     result = train(from_dict(cfg))
-    losses = [r["loss"] for r in T.read_metrics(tmp_path / "run") if r.get("split") == "train"]
-    assert len(losses) == 10 and all(T.finite(x) for x in losses)
+    losses = [r["loss"] for r in read_metrics(tmp_path / "run") if r.get("split") == "train"]
+    assert len(losses) == 10 and all(finite(x) for x in losses)
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, losses
-    assert T.finite(result.eval_metrics["loss"]) and result.eval_metrics["tokens"] > 0
+    assert finite(result.eval_metrics["loss"]) and result.eval_metrics["tokens"] > 0
     loaded = draftsmith.load_draft(result.final_dir)
     assert type(loaded) is draftsmith.resolve_draft_spec(method, _archs(world[arch])).load_draft_cls()
     from safetensors.torch import load_file
@@ -85,7 +74,7 @@ def test_example_configs_are_valid_and_train(tmp_path, world, name):
     from draftsmith.train.config import load_config, to_dict
     from draftsmith.train.trainer import train
 
-    path = T.REPO / "examples" / "configs" / f"{name}.yaml"
+    path = REPO / "examples" / "configs" / f"{name}.yaml"
     cfg = to_dict(load_config(path))
     cfg["target"].update(path=str(world["qwen3"]), dtype="auto")
     cfg["data"].update(train=[str(world["data"])], eval=[], eval_fraction=0.25, seq_len=64)
@@ -94,4 +83,4 @@ def test_example_configs_are_valid_and_train(tmp_path, world, name):
     if "draft_vocab_size" in cfg["draft"]:
         cfg["draft"]["draft_vocab_size"] = 64  # the stand-in target has a 128-token vocabulary
     result = train(from_dict(cfg))
-    assert result.step == 2 and all(T.finite(r["loss"]) for r in T.read_metrics(tmp_path / "run") if "loss" in r)
+    assert result.step == 2 and all(finite(r["loss"]) for r in read_metrics(tmp_path / "run") if "loss" in r)

@@ -176,7 +176,7 @@ def validate_layer_ids(layer_ids: Any, num_layers: int, *, name: str = "target_l
     if not ids and not allow_empty:
         raise ConfigError(f"{name} must not be empty")
     if len(set(ids)) != len(ids):
-        raise ConfigError(f"{name} {ids} contain duplicates")
+        raise ConfigError(f"{name} must be distinct, got {ids} (duplicates)")
     bad = [i for i in ids if not -1 <= i < num_layers]
     if bad:
         raise ConfigError(f"{name} {bad} out of range for a {num_layers}-layer target (valid: -1 = embedding "
@@ -212,9 +212,11 @@ def validate_mask_token_for(mask_token_id: Any, target_config: Any, **kwargs: An
                                   eos_token_ids=eos_token_ids(text), **kwargs)
 
 
-def check_option_names(component: str, given: Iterable[str], known: Iterable[str]) -> None:
-    """A ConfigError naming the unknown options of ``component`` and the accepted ones (a typo is never ignored)."""
+def check_option_names(component: str, given: Iterable[str], known: Iterable[str], *, kind: str = "") -> None:
+    """A ConfigError naming the unknown options of ``component`` and the accepted ones (a typo is never ignored);
+    ``kind`` ("draft", "drafter") qualifies them in the message."""
     known = set(known)
     unknown = sorted(set(given) - known)
     if unknown:
-        raise ConfigError(f"{component}: unknown option(s) {unknown}; accepted: {sorted(known)}")
+        what = f"{kind} option(s)" if kind else "option(s)"
+        raise ConfigError(f"{component}: unknown {what} {unknown}; accepted: {sorted(known)}")

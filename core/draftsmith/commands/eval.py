@@ -82,16 +82,19 @@ def build_drafter(args, method, draft, heads, options):
     from draftsmith.errors import ConfigError, DraftsmithError
     from draftsmith.spec import import_object
 
+    hint = (" (--tree needs a tree drafter: a method such as eagle2, or --drafter MODULE:CLASS)"
+            if args.tree is not None else "")
     if args.drafter:
         cls = import_object(args.drafter)  # a user-chosen class: its own signature decides
     else:
         cls = method.load_drafter()
-        options = method.drafter_kwargs(options)  # declared defaults + the user's options, validated
+        try:
+            options = method.drafter_kwargs(options)  # declared defaults + the user's options, validated
+        except ConfigError as exc:
+            raise ConfigError(f"{exc}{hint}") from exc
     try:
         return cls(draft, heads, **options)
     except (TypeError, ValueError, DraftsmithError) as exc:
-        hint = (" (--tree needs a tree drafter: a method such as eagle2, or --drafter MODULE:CLASS)"
-                if args.tree is not None else "")
         raise ConfigError(f"cannot build drafter {cls.__name__} with options {options}: {exc}{hint}") from exc
 
 

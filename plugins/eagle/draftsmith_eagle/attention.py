@@ -1,6 +1,6 @@
 """Attention kernels and caches of the EAGLE drafts.
 
-* :func:`sdpa_gqa` — grouped-query SDPA without materialising repeated K/V where the backend allows it.
+* grouped-query SDPA is core's :func:`draftsmith.nn.attention.sdpa_gqa`.
 * :func:`ttt_attention` — EAGLE-3 training-time-test attention, vectorised (no Python loop over steps or key
   blocks). At TTT step ``s`` a query at position ``t`` attends causally to the step-0 keys ``K_0[:t]`` *and* to the
   same position ``t`` of every later step's keys ``K_1[t] .. K_s[t]`` — the keys its own draft chain produced.
@@ -19,27 +19,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from draftsmith.nn.attention import repeat_kv as _repeat_kv, sdpa_gqa  # noqa: F401  (public names)
+from draftsmith.nn.kv_cache import DraftKVCache
+
 from .masks import lower_right_causal
-
-
-def _repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """``(B, kv, T, D) -> (B, kv·groups, T, D)``: each KV head repeated for its query group (HF ``repeat_kv``)."""
-    if groups == 1:
-        return x
-    b, kv, t, d = x.shape
-    return x[:, :, None].expand(b, kv, groups, t, d).reshape(b, kv * groups, t, d)
-
-
-def sdpa_gqa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None, *,
-             is_causal: bool = False, scale: float | None = None) -> torch.Tensor:
-    """SDPA for ``q (B, h, Tq, D)``, ``k/v (B, kv, Tk, ·)``. ``mask``: boolean visibility or additive float."""
-    groups = q.shape[1] // k.shape[1]
-    native_gqa = groups > 1
-    if native_gqa and q.device.type == "cuda" and mask is not None:
-        # CUDA's masked (memory-efficient) kernel takes no GQA: expand K/V rather than fall back to the math path
-        k, v, native_gqa = _repeat_kv(k, groups), _repeat_kv(v, groups), False
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal and mask is None,
-                                          scale=scale, enable_gqa=native_gqa)
 
 
 def ttt_attention(q: torch.Tensor, k0: torch.Tensor, v0: torch.Tensor, diag_k: torch.Tensor | None,
@@ -81,33 +64,16 @@ class _LayerView:
         return self.cache._attend(self.index, q, k, v, mask, scale)
 
 
-class KVCache:
-    """Per-layer ``(B, kv, L, D)`` keys/values for incremental drafting. ``crop(n)`` keeps the first ``n``
-    positions (drops rejected drafts). Queries appended at the end see every cached key unless a mask says
-    otherwise (``(.., Tq, L + Tq)`` boolean, e.g. a draft tree's ancestry)."""
-
-    def __init__(self, num_layers: int) -> None:
-        self.keys: list[torch.Tensor | None] = [None] * num_layers
-        self.values: list[torch.Tensor | None] = [None] * num_layers
+class KVCache(DraftKVCache):
+    """Core's croppable :class:`~draftsmith.nn.kv_cache.DraftKVCache` for incremental drafting, with per-layer
+    views. Queries appended at the end see every cached key unless a mask says otherwise (``(.., Tq, L + Tq)``
+    boolean, e.g. a draft tree's ancestry)."""
 
     def layer(self, index: int) -> _LayerView:
         return _LayerView(self, index)
 
-    def __len__(self) -> int:
-        return 0 if self.keys[0] is None else self.keys[0].shape[2]
-
-    def crop(self, length: int) -> None:
-        if length < 0 or length > len(self):
-            raise ValueError(f"cannot crop a KV cache of length {len(self)} to {length}")
-        for i, (k, v) in enumerate(zip(self.keys, self.values)):
-            if k is not None:
-                self.keys[i], self.values[i] = k[:, :, :length], v[:, :, :length]
-
     def _attend(self, i, q, k, v, mask, scale):
-        if self.keys[i] is not None:
-            k = torch.cat([self.keys[i], k], dim=2)
-            v = torch.cat([self.values[i], v], dim=2)
-        self.keys[i], self.values[i] = k, v
+        k, v = self.append(i, k, v)  # (B, kv, L + Tq, D)
         if mask is None:
             mask = lower_right_causal(q.shape[2], k.shape[2], device=q.device)
         return sdpa_gqa(q, k, v, mask, scale=scale)

@@ -7,76 +7,21 @@ depth (NeMo AutoModel keeps the target's depth there, which makes engines that s
 
 Rope is written twice: ``rope_parameters`` (transformers >= 5) and ``rope_theta`` / ``rope_scaling`` (what engines
 pinned to transformers 4 read; without ``rope_theta`` a Qwen3 head would silently fall back to theta 1e4).
+
+What a draft copies from its target (sizes, rope incl. partial rotary, bias flags, special ids) and the layer-id
+rule are core's target conventions (:func:`draftsmith.conventions.draft_fields`,
+:func:`~draftsmith.conventions.validate_layer_ids`); the option tables are in registry.py.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 from typing import Any, ClassVar
 
 from transformers import PretrainedConfig
 
+from draftsmith.conventions import DEFAULT_MAX_POSITION_EMBEDDINGS
 from draftsmith.errors import ConfigError
-from draftsmith.nn.rotary import rope_parameters_of
-
-
-def target_text_config(target_config: Any) -> Any:
-    """The text config of a target (multimodal wrappers keep the LLM config under ``text_config``)."""
-    getter = getattr(target_config, "get_text_config", None)
-    text = getter() if callable(getter) else None
-    return text if text is not None else getattr(target_config, "text_config", None) or target_config
-
-
-def _partial_rotary_factor(text: Any) -> float:
-    factor = getattr(text, "partial_rotary_factor", None)
-    if factor is None:
-        factor = rope_parameters_of(text).get("partial_rotary_factor")
-    return float(factor if factor is not None else 1.0)
-
-
-def shared_draft_fields(target_config: Any) -> dict[str, Any]:
-    """Sizes every EAGLE draft copies from the target (no per-architecture code: Llama, Phi-3, Qwen2/3(-MoE),
-    Mistral and gpt-oss all expose these names). Bias flags follow the target: ``attention_bias`` biases
-    q/k/v/o (Llama semantics, which the engines' Llama heads implement), ``mlp_bias`` the MLP."""
-    text = target_text_config(target_config)
-    for name in ("hidden_size", "num_attention_heads", "intermediate_size", "vocab_size"):
-        if getattr(text, name, None) is None:
-            raise ConfigError(f"target config {type(text).__name__} has no {name!r}: cannot size an EAGLE draft")
-    heads = int(text.num_attention_heads)
-    kv_heads = int(getattr(text, "num_key_value_heads", None) or heads)
-    if heads % kv_heads:
-        raise ConfigError(f"num_attention_heads={heads} is not a multiple of num_key_value_heads={kv_heads}")
-    rope = copy.deepcopy(rope_parameters_of(text))
-    factor = _partial_rotary_factor(text)
-    if factor != 1.0:
-        rope["partial_rotary_factor"] = factor
-    eos = getattr(text, "eos_token_id", None)
-    extra = {"partial_rotary_factor": factor} if factor != 1.0 else {}  # draftsmith.nn.rotary reads the attribute
-    return {**extra,
-        "vocab_size": int(text.vocab_size),
-        "hidden_size": int(text.hidden_size),
-        "intermediate_size": int(text.intermediate_size),
-        "num_attention_heads": heads,
-        "num_key_value_heads": kv_heads,
-        "head_dim": int(getattr(text, "head_dim", None) or text.hidden_size // heads),
-        "hidden_act": getattr(text, "hidden_act", None) or getattr(text, "hidden_activation", None) or "silu",
-        "rms_norm_eps": float(getattr(text, "rms_norm_eps", None) or 1e-6),
-        "max_position_embeddings": int(getattr(text, "max_position_embeddings", None) or 2048),
-        "rope_parameters": rope,
-        "attention_bias": bool(getattr(text, "attention_bias", False) or False),
-        "mlp_bias": bool(getattr(text, "mlp_bias", False) or False),
-        "pad_token_id": getattr(text, "pad_token_id", None),
-        "bos_token_id": getattr(text, "bos_token_id", None),
-        "eos_token_id": list(eos) if isinstance(eos, (list, tuple)) else eos,
-        "initializer_range": float(getattr(text, "initializer_range", None) or 0.02),
-    }
-
-
-def check_options(cls_name: str, options: dict[str, Any], allowed: set[str]) -> None:
-    unknown = sorted(set(options) - allowed)
-    if unknown:
-        raise ConfigError(f"{cls_name}: unknown draft option(s) {unknown}; accepted: {sorted(allowed)}")
 
 
 def draft_depth(options: dict[str, Any]) -> int:
@@ -92,23 +37,6 @@ def draft_depth(options: dict[str, Any]) -> int:
     return int(depth)
 
 
-def validate_layer_ids(layer_ids: Any, num_target_layers: int) -> list[int]:
-    """Output-of-layer ids: integers, distinct, each in ``[-1, N-1]`` (-1 = embedding output)."""
-    try:
-        ids = [int(i) for i in layer_ids]
-    except (TypeError, ValueError):
-        raise ConfigError(f"target_layer_ids must be a list of integers, got {layer_ids!r}") from None
-    if not ids:
-        raise ConfigError("target_layer_ids must not be empty")
-    if len(set(ids)) != len(ids):
-        raise ConfigError(f"target_layer_ids must be distinct, got {ids}")
-    bad = [i for i in ids if not -1 <= i < num_target_layers]
-    if bad:
-        raise ConfigError(f"target_layer_ids {bad} out of range for a {num_target_layers}-layer target "
-                          f"(allowed -1..{num_target_layers - 1}, output-of-layer convention)")
-    return ids
-
-
 class _EagleConfigBase(PretrainedConfig):
     """Fields shared by the EAGLE-1 and EAGLE-3 draft configs (Llama names, see module docstring)."""
 
@@ -122,7 +50,7 @@ class _EagleConfigBase(PretrainedConfig):
     num_key_value_heads: int | None = None
     head_dim: int | None = None
     hidden_act: str = "silu"
-    max_position_embeddings: int = 2048
+    max_position_embeddings: int = DEFAULT_MAX_POSITION_EMBEDDINGS
     initializer_range: float = 0.02
     rms_norm_eps: float = 1e-6
     pad_token_id: int | None = None
@@ -162,6 +90,7 @@ class _EagleConfigBase(PretrainedConfig):
         engine architecture, torch_dtype)."""
         out = self._engine_keys(self.to_diff_dict() if use_diff else self.to_dict())
         return json.dumps(self._encode_special_floats(out), indent=2, sort_keys=True) + "\n"
+
 
 class LlamaEagleConfig(_EagleConfigBase):
     """EAGLE-1/2 draft config. ``draft_num_hidden_layers`` mirrors ``num_hidden_layers`` (NeMo AutoModel's name);

@@ -16,16 +16,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from draftsmith.conventions import partial_rotary_factor, text_config
 from draftsmith.errors import ConfigError
 
-from .config import LlamaEagle3Config, _partial_rotary_factor, target_text_config
+from .config import LlamaEagle3Config
 from .draft_llama import LlamaEagle3DraftModel, build_eagle3_config
 
 DRAFT_CLASS = "draftsmith_eagle.draft_gpt_oss:GptOssEagle3DraftModel"
 
 
 def check_full_rotary(config: Any) -> None:
-    factor = _partial_rotary_factor(config)
+    factor = partial_rotary_factor(config)
     if factor != 1.0:
         raise ConfigError(f"GptOssEagle3DraftModel supports only full rotary (partial_rotary_factor=1.0), got "
                           f"partial_rotary_factor={factor}")
@@ -35,7 +36,7 @@ class GptOssEagle3DraftModel(LlamaEagle3DraftModel):
     @classmethod
     def build_draft_config(cls, target_config: Any, **options: Any) -> LlamaEagle3Config:
         """As :meth:`LlamaEagle3DraftModel.build_draft_config`; the rope parameters (YaRN) are the target's."""
-        check_full_rotary(target_text_config(target_config))
+        check_full_rotary(text_config(target_config))
         return build_eagle3_config(cls, DRAFT_CLASS, target_config, dict(options))
 
     def __init__(self, config: LlamaEagle3Config) -> None:

@@ -22,43 +22,41 @@ import torch
 from torch import nn
 
 from draftsmith.checkpoint import draft_metadata
+from draftsmith.conventions import check_option_names, draft_fields, text_config, validate_layer_ids
 from draftsmith.errors import ConfigError
 from draftsmith.nn.norm import RMSNorm
 from draftsmith.nn.rotary import RotaryEmbedding
 
 from .attention import KVCache, TTTCache
-from .common import EagleDraftModel, positions_for
-from .config import (LlamaEagle3Config, check_options, draft_depth, shared_draft_fields, target_text_config,
-                     validate_layer_ids)
+from .draft_base import EagleDraftModel, positions_for
+from .config import LlamaEagle3Config, draft_depth
 from .layers import Eagle3FusedDecoderLayer, EagleLlamaDecoderLayer
 from .masks import causal_visibility
 
 DRAFT_CLASS = "draftsmith_eagle.draft_llama:LlamaEagle3DraftModel"
 DEFAULT_DRAFT_VOCAB = 32000  # the EAGLE-3 release / SpecForge / NeMo default
 
-_OPTIONS = {"target_layer_ids", "aux_layer_ids", "num_aux_layers", "draft_vocab_size", "num_hidden_layers",
-            "num_draft_layers", "draft_num_hidden_layers", "fc_norm", "norm_output", "intermediate_size", "qkv_bias"}
 
 
 def build_eagle3_config(cls: type, draft_class: str, target_config: Any, options: dict[str, Any]
                         ) -> LlamaEagle3Config:
     """The EAGLE-3 draft config for ``target_config`` (shared by the dense and gpt-oss drafts)."""
-    from .registry import default_aux_layer_ids
+    from .registry import EAGLE3_DRAFT_OPTIONS, default_aux_layer_ids
 
-    check_options(cls.__name__, options, _OPTIONS)
-    text = target_text_config(target_config)
+    check_option_names(cls.__name__, options, EAGLE3_DRAFT_OPTIONS, kind="draft")
+    text = text_config(target_config)
     n_target = int(text.num_hidden_layers)
     ids = options.pop("target_layer_ids", None)
     alias = options.pop("aux_layer_ids", None)
     ids = ids if ids is not None else alias
     k = options.pop("num_aux_layers", None)
     if ids is None:
-        ids = default_aux_layer_ids(n_target, num_aux_layers=3 if k is None else int(k))
+        ids = default_aux_layer_ids(n_target, num_aux_layers=None if k is None else int(k))
     ids = validate_layer_ids(ids, n_target)
     if k is not None and int(k) != len(ids):
         raise ConfigError(f"num_aux_layers={k} but {len(ids)} target_layer_ids were given: {ids}")
     depth = draft_depth(options)
-    fields = shared_draft_fields(target_config)
+    fields = draft_fields(target_config)
     vocab = options.pop("draft_vocab_size", None)
     vocab = min(DEFAULT_DRAFT_VOCAB, fields["vocab_size"]) if vocab is None else int(vocab)
     fields.update({name: value for name, value in options.items() if value is not None})

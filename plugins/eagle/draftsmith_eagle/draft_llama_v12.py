@@ -27,20 +27,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from draftsmith.checkpoint import draft_metadata
+from draftsmith.conventions import check_option_names, draft_fields, text_config
 from draftsmith.errors import ConfigError
 from draftsmith.nn.norm import RMSNorm
 from draftsmith.nn.rotary import RotaryEmbedding
 
 from .attention import KVCache, TTTCache, _repeat_kv  # noqa: F401  (_repeat_kv re-exported: public name)
-from .common import EagleDraftModel, positions_for, weight_of
-from .config import LlamaEagleConfig, check_options, draft_depth, shared_draft_fields, target_text_config
+from .draft_base import EagleDraftModel, positions_for, weight_of
+from .config import LlamaEagleConfig, draft_depth
+from .registry import EAGLE1_DRAFT_OPTIONS
 from .layers import EagleLlamaAttention, EagleLlamaDecoderLayer, EagleLlamaMLP  # noqa: F401  (public names)
 from .masks import _build_causal_mask, causal_visibility  # noqa: F401  (public name)
 
 DRAFT_CLASS = "draftsmith_eagle.draft_llama_v12:LlamaEagleDraftModel"
 
-_OPTIONS = {"draft_num_hidden_layers", "num_hidden_layers", "num_draft_layers", "fc_bias", "intermediate_size",
-            "qkv_bias"}
 
 
 class LlamaEagleDraftModel(EagleDraftModel):
@@ -52,12 +52,12 @@ class LlamaEagleDraftModel(EagleDraftModel):
     def build_draft_config(cls, target_config: Any, **options: Any) -> LlamaEagleConfig:
         """Options: ``draft_num_hidden_layers`` (default 1; alias ``num_hidden_layers``), ``fc_bias`` (False),
         ``intermediate_size`` (the target's), ``qkv_bias`` (False)."""
-        check_options(cls.__name__, options, _OPTIONS)
+        check_option_names(cls.__name__, options, EAGLE1_DRAFT_OPTIONS, kind="draft")
         depth = draft_depth(options)
-        fields = shared_draft_fields(target_config)
+        fields = draft_fields(target_config)
         fields.update({k: v for k, v in options.items() if v is not None})
         config = LlamaEagleConfig(**fields, num_hidden_layers=int(depth), target_layer_ids=[])
-        config.draftsmith = draft_metadata("eagle1", DRAFT_CLASS, target_text_config(target_config),
+        config.draftsmith = draft_metadata("eagle1", DRAFT_CLASS, text_config(target_config),
                                            target_layer_ids=[], feature="final_hidden (post-final-norm)")
         config.draftsmith["target_architectures"] = list(getattr(target_config, "architectures", None) or [])
         return config

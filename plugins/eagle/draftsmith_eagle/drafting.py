@@ -16,20 +16,22 @@ from typing import Any
 
 import torch
 
+from draftsmith.conventions import check_option_names
 from draftsmith.errors import ConfigError, DraftsmithError
 from draftsmith.method import Proposal, TargetFeatures, TargetHeads, TargetRequest
+from draftsmith.nn.weights import unwrap_model
 
 from .draft_llama import LlamaEagle3DraftModel
 from .draft_llama_v12 import LlamaEagleDraftModel
+from .registry import CHAIN_DRAFTER_OPTIONS, TREE_DRAFTER_OPTIONS
 
 
 class _EagleDrafter:
     default_num_tokens = 7
 
     def __init__(self, draft: Any, heads: TargetHeads, **options: Any) -> None:
-        if options:
-            raise ConfigError(f"{type(self).__name__}: unknown option(s) {sorted(options)}")
-        draft = getattr(draft, "module", draft)
+        check_option_names(type(self).__name__, options, CHAIN_DRAFTER_OPTIONS)
+        draft = unwrap_model(draft)
         if isinstance(draft, LlamaEagle3DraftModel):
             self.eagle3 = True
         elif isinstance(draft, LlamaEagleDraftModel):
@@ -144,8 +146,11 @@ class EagleTreeDrafter(_EagleDrafter):
 
     default_num_tokens = 24
 
-    def __init__(self, draft: Any, heads: TargetHeads, top_k: int = 4, max_depth: int = 6, **options: Any) -> None:
-        super().__init__(draft, heads, **options)
+    def __init__(self, draft: Any, heads: TargetHeads, **options: Any) -> None:
+        check_option_names(type(self).__name__, options, TREE_DRAFTER_OPTIONS)
+        opts = {**TREE_DRAFTER_OPTIONS, **options}
+        super().__init__(draft, heads)
+        top_k, max_depth = opts["top_k"], opts["max_depth"]
         if int(top_k) < 1 or int(max_depth) < 1:
             raise ConfigError(f"top_k and max_depth must be >= 1, got {top_k}, {max_depth}")
         self.top_k, self.max_depth = int(top_k), int(max_depth)

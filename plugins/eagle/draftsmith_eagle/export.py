@@ -19,22 +19,19 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from draftsmith.errors import ConfigError
+from draftsmith.checkpoint import save_draft
+from draftsmith.errors import ConfigError, DraftsmithError
+from draftsmith.nn.weights import non_finite_tensors, unwrap_model
 
 from .draft_llama import LlamaEagle3DraftModel
 
 
-def _unwrap(draft: Any) -> Any:
-    return getattr(draft, "module", draft)
-
-
 def export_native(draft: Any, out_dir: str | Path, **options: Any) -> Path:
-    """``save_pretrained`` into ``out_dir`` (config.json + model.safetensors)."""
+    """config.json + model.safetensors into ``out_dir`` through :func:`draftsmith.checkpoint.save_draft` (the
+    draft inside DDP/FSDP wrappers, non-finite weights refused)."""
     if options:
         raise ConfigError(f"native export takes no options, got {sorted(options)}")
-    out = Path(out_dir)
-    _unwrap(draft).save_pretrained(out)
-    return out
+    return save_draft(draft, out_dir)
 
 
 def export_sglang(draft: Any, out_dir: str | Path, **options: Any) -> Path:
@@ -72,6 +69,9 @@ def export_vllm(draft: Any, out_dir: str | Path, **options: Any) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     config.dtype = str(model.dtype).split(".")[-1]
     (out / "config.json").write_text(config.to_json_string(use_diff=True))
+    bad = non_finite_tensors(model.state_dict())
+    if bad:  # as save_draft: an engine would load NaN/inf weights silently
+        raise DraftsmithError(f"refusing to export non-finite weights: {bad[:5]}")
     state = {}
     for name, tensor in model.state_dict().items():
         if name.startswith("midlayer."):
@@ -85,7 +85,7 @@ def export_vllm(draft: Any, out_dir: str | Path, **options: Any) -> Path:
 
 
 def _require_eagle3(draft: Any, fmt: str) -> LlamaEagle3DraftModel:
-    model = _unwrap(draft)
+    model = unwrap_model(draft)
     if not isinstance(model, LlamaEagle3DraftModel):
         raise ConfigError(f"the {fmt!r} export writes EAGLE-3 heads; got {type(model).__name__} (EAGLE-1 drafts "
                           f"export with 'native' only)")

@@ -13,27 +13,16 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers.activations import ACT2FN
 
+from draftsmith.nn.attention import sdpa_gqa
+from draftsmith.nn.mlp import SwiGLUMLP
 from draftsmith.nn.norm import RMSNorm
 from draftsmith.nn.rotary import apply_rotary
 
-from .attention import sdpa_gqa
 
 
-class EagleLlamaMLP(nn.Module):
-    """SwiGLU MLP: ``down(act(gate(x)) * up(x))`` with the target's ``hidden_act`` and ``mlp_bias``."""
-
-    def __init__(self, config: Any) -> None:
-        super().__init__()
-        h, i, bias = config.hidden_size, config.intermediate_size, bool(getattr(config, "mlp_bias", False))
-        self.gate_proj = nn.Linear(h, i, bias=bias)
-        self.up_proj = nn.Linear(h, i, bias=bias)
-        self.down_proj = nn.Linear(i, h, bias=bias)
-        self.act_fn = ACT2FN[config.hidden_act]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+# The Llama MLP of every draft layer (core's; same parameter names as transformers' ``LlamaMLP``).
+EagleLlamaMLP = SwiGLUMLP
 
 
 class EagleLlamaAttention(nn.Module):

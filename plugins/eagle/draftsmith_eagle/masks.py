@@ -6,7 +6,7 @@ document each: a real query at ``t`` only sees keys ``<= t``, which are real. Pa
 outputs are finite and never supervised, and no real query ever reads them.
 
 Packed rows are recognised from ``position_ids``: a new document starts wherever the position does not increase,
-and keys of another document are hidden. Every row keeps its own diagonal visible so no row is fully masked (a fully
+and keys of another document are hidden (document ids: :mod:`draftsmith.nn.documents`). Every row keeps its own diagonal visible so no row is fully masked (a fully
 masked row makes SDPA return NaN).
 """
 
@@ -14,15 +14,7 @@ from __future__ import annotations
 
 import torch
 
-
-def document_ids(position_ids: torch.Tensor) -> torch.Tensor:
-    """``(B, T)`` document index per position: +1 wherever ``position_ids`` does not increase."""
-    starts = position_ids[:, 1:] <= position_ids[:, :-1]  # (B, T-1)
-    return torch.nn.functional.pad(starts.long().cumsum(-1), (1, 0))  # (B, T)
-
-
-def is_single_document(position_ids: torch.Tensor | None) -> bool:
-    return position_ids is None or not bool((position_ids[:, 1:] <= position_ids[:, :-1]).any())
+from draftsmith.nn.documents import document_ids, is_single_document
 
 
 def is_right_padded(attention_mask: torch.Tensor | None) -> bool:

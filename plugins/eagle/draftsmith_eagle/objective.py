@@ -3,7 +3,7 @@
 Both are ``nn.Module``s owning the draft (the target heads are held unregistered): wrap the *objective* in DDP so
 the whole unroll runs inside one forward. Losses are normalised per supervised prediction with data-parallel-global
 denominators when ``torch.distributed`` is initialised (local sum / global count × world size, so DDP's gradient
-averaging yields the global mean). Label alignment and masks: losses.py.
+averaging yields the global mean). Label alignment and masks: loss.py. Option tables (defaults): registry.py.
 """
 
 from __future__ import annotations
@@ -14,13 +14,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from draftsmith.conventions import check_option_names
 from draftsmith.errors import ConfigError, DataError
 from draftsmith.method import ObjectiveOutput, TargetFeatures, TargetHeads, TargetRequest
+from draftsmith.nn.random_stream import RandomStream
 
-from .common import weight_of
-from .losses import (batch_tensors, chain_counts, global_sum, prediction_validity, shift_left, simulated_tau,
+from .draft_base import weight_of
+from .loss import (batch_tensors, chain_counts, global_sum, prediction_validity, shift_left, simulated_tau,
                      soft_cross_entropy, step_weights, world_size)
 from .masks import causal_visibility
+from .registry import EAGLE1_OBJECTIVE_OPTIONS, EAGLE3_OBJECTIVE_OPTIONS
 from .vocab import select_draft_vocab
 
 
@@ -72,21 +75,30 @@ class Eagle1Objective(_EagleObjective):
     """EAGLE-1/2: ``hidden_loss_weight`` · SmoothL1(predicted, target next post-norm feature) (mean over H, then
     over supervised predictions) + ``token_loss_weight`` · soft CE of the draft's logits (through the target
     ``lm_head``) against the target distribution. ``feature_noise`` adds U(-a, a) to the input features while
-    training (EAGLE's robustness trick; NeMo's default a = 0.1). Metric: top-1 ``accuracy`` vs the target argmax.
+    training (EAGLE's robustness trick; NeMo's default a = 0.1), drawn from a resumable stream seeded by ``seed``
+    (:class:`~draftsmith.nn.random_stream.RandomStream`, position in :meth:`run_state`). Metric: top-1 ``accuracy`` vs the target argmax.
     """
 
-    def __init__(self, draft: nn.Module, heads: TargetHeads, hidden_loss_weight: float = 1.0,
-                 token_loss_weight: float = 0.1, feature_noise: float = 0.1, freeze_embeddings: bool = True,
-                 num_draft_tokens: int = 7, **unused: Any) -> None:
-        if unused:
-            raise ConfigError(f"Eagle1Objective: unknown option(s) {sorted(unused)}")
-        super().__init__(draft, heads, freeze_embeddings)
+    def __init__(self, draft: nn.Module, heads: TargetHeads, **options: Any) -> None:
+        check_option_names("Eagle1Objective", options, EAGLE1_OBJECTIVE_OPTIONS)
+        opts = {**EAGLE1_OBJECTIVE_OPTIONS, **options}
+        super().__init__(draft, heads, opts["freeze_embeddings"])
         self.model.bind_lm_head(heads.lm_head)
-        self.hidden_loss_weight, self.token_loss_weight = float(hidden_loss_weight), float(token_loss_weight)
-        if feature_noise < 0:
-            raise ConfigError(f"feature_noise must be >= 0, got {feature_noise}")
-        self.feature_noise = float(feature_noise)
-        self.num_draft_tokens = int(num_draft_tokens)  # chain length acceptance_lengths evaluates
+        self.hidden_loss_weight = float(opts["hidden_loss_weight"])
+        self.token_loss_weight = float(opts["token_loss_weight"])
+        if opts["feature_noise"] < 0:
+            raise ConfigError(f"feature_noise must be >= 0, got {opts['feature_noise']}")
+        self.feature_noise = float(opts["feature_noise"])
+        # the noise draws' one resumable home: draw i of rank r from (seed, r, i), position saved by run_state
+        self.noise_stream = RandomStream(int(opts["seed"]))
+        self.num_draft_tokens = int(opts["num_draft_tokens"])  # chain length acceptance_lengths evaluates
+
+    def run_state(self) -> dict[str, int]:
+        """The feature-noise stream's position (``{"calls": n}``): a resumed run draws the same noise."""
+        return self.noise_stream.state_dict()
+
+    def load_run_state(self, state: Mapping[str, Any]) -> None:
+        self.noise_stream.load_state_dict(state)
 
     def target_request(self) -> TargetRequest:
         return TargetRequest(layer_ids=(), final_hidden=True)
@@ -97,7 +109,7 @@ class Eagle1Objective(_EagleObjective):
         valid = prediction_validity(attn, loss_mask, pos, steps=1)[0]  # (B, T)
         inputs = feats
         if self.training and self.feature_noise > 0:
-            inputs = feats + (torch.rand_like(feats) * 2 - 1) * self.feature_noise
+            inputs = feats + self.noise_stream.uniform_like(feats, -self.feature_noise, self.feature_noise)
         pred = self.draft(shift_left(ids, 1), inputs, attention_mask=causal_visibility(attn, pos),
                           position_ids=pos)  # (B, T, H): predicted f_{t+1}
         target = shift_left(feats, 1)[valid].to(pred.dtype)  # (N, H)
@@ -115,7 +127,6 @@ class Eagle1Objective(_EagleObjective):
             "hidden_loss": (hidden_loss.detach() / world_size()).item(),
             "token_loss": (token_loss.detach() / world_size()).item(),
         })
-
 
     @torch.no_grad()
     def acceptance_lengths(self, batch: Mapping[str, torch.Tensor], features: TargetFeatures) -> torch.Tensor:
@@ -144,15 +155,13 @@ class Eagle3Objective(_EagleObjective):
     through depth k; a target outside the draft vocab breaks the chain). ``logits_chunk_size`` bounds the target
     rows whose full-vocab logits exist at once (256 rows × 152k vocab ≈ 155 MB fp32)."""
 
-    def __init__(self, draft: nn.Module, heads: TargetHeads, ttt_steps: int = 7, num_aux_layers: int | None = None,
-                 draft_vocab_size: int | None = None, ttt_decay: float = 0.8, freeze_embeddings: bool = True,
-                 logits_chunk_size: int = 256, num_draft_tokens: int | None = None, skip_dead_chains: bool = True,
-                 **unused: Any) -> None:
-        if unused:
-            raise ConfigError(f"Eagle3Objective: unknown option(s) {sorted(unused)}")
+    def __init__(self, draft: nn.Module, heads: TargetHeads, **options: Any) -> None:
+        check_option_names("Eagle3Objective", options, EAGLE3_OBJECTIVE_OPTIONS)
+        opts = {**EAGLE3_OBJECTIVE_OPTIONS, **options}
+        ttt_steps, num_aux_layers, draft_vocab_size = opts["ttt_steps"], opts["num_aux_layers"], opts["draft_vocab_size"]
         if isinstance(ttt_steps, bool) or not isinstance(ttt_steps, int) or ttt_steps < 1:
             raise ConfigError(f"ttt_steps must be an integer >= 1, got {ttt_steps!r}")
-        super().__init__(draft, heads, freeze_embeddings)
+        super().__init__(draft, heads, opts["freeze_embeddings"])
         cfg = self.model.config
         if num_aux_layers is not None and int(num_aux_layers) != cfg.num_aux_hidden_states:
             raise ConfigError(f"num_aux_layers={num_aux_layers} but the draft fuses {cfg.num_aux_hidden_states} "
@@ -162,10 +171,10 @@ class Eagle3Objective(_EagleObjective):
                               f"{cfg.draft_vocab_size} rows; pass it as a draft option")
         if heads.vocab_size != cfg.vocab_size:
             raise ConfigError(f"target vocab {heads.vocab_size} != draft config vocab_size {cfg.vocab_size}")
-        self.ttt_steps, self.weights = ttt_steps, step_weights(ttt_steps, float(ttt_decay))
-        self.logits_chunk_size = int(logits_chunk_size)
-        self.num_draft_tokens = int(num_draft_tokens or ttt_steps)  # chain length acceptance_lengths evaluates
-        self.skip_dead_chains = bool(skip_dead_chains)
+        self.ttt_steps, self.weights = ttt_steps, step_weights(ttt_steps, float(opts["ttt_decay"]))
+        self.logits_chunk_size = int(opts["logits_chunk_size"])
+        self.num_draft_tokens = int(opts["num_draft_tokens"] or ttt_steps)  # chain length acceptance_lengths evaluates
+        self.skip_dead_chains = bool(opts["skip_dead_chains"])
 
     def target_request(self) -> TargetRequest:
         return TargetRequest(layer_ids=tuple(self.model.config.target_layer_ids), final_hidden=True)

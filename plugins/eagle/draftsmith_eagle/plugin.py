@@ -5,14 +5,16 @@ from __future__ import annotations
 import draftsmith
 from draftsmith import MethodSpec
 
-from .registry import SPECS
+from .registry import DRAFT_OPTIONS, DRAFTER_OPTIONS, OBJECTIVE_OPTIONS, SPECS
 
-# Objective option defaults (the user's `method_options` override them). Draft options (layer ids, depth, draft
-# vocab size, EAGLE-3.1 switches) go to the draft instead; None here = "whatever the draft was built with".
-EAGLE1_OPTIONS = {"hidden_loss_weight": 1.0, "token_loss_weight": 0.1, "feature_noise": 0.1,
-                  "freeze_embeddings": True, "num_draft_tokens": 7}
-EAGLE3_OPTIONS = {"ttt_steps": 7, "ttt_decay": 0.8, "num_aux_layers": None, "draft_vocab_size": None,
-                  "freeze_embeddings": True, "num_draft_tokens": None}
+_EAGLE1_EXPORTS = {"native": "draftsmith_eagle.export:export_native"}
+_EAGLE3_EXPORTS = {"native": "draftsmith_eagle.export:export_native", "vllm": "draftsmith_eagle.export:export_vllm",
+                   "sglang": "draftsmith_eagle.export:export_sglang"}
+
+
+def _tables(method: str) -> dict:
+    return {"draft_options": DRAFT_OPTIONS[method], "objective_options": OBJECTIVE_OPTIONS[method],
+            "drafter_options": DRAFTER_OPTIONS[method]}
 
 
 @draftsmith.hookimpl
@@ -29,8 +31,8 @@ def draftsmith_register_methods(registry):
         objective="draftsmith_eagle.objective:Eagle1Objective",
         drafter="draftsmith_eagle.drafting:EagleChainDrafter",
         layer_policy="draftsmith_eagle.registry:default_eagle1_layer_ids",
-        export_formats={"native": "draftsmith_eagle.export:export_native"},
-        default_options=dict(EAGLE1_OPTIONS),
+        export_formats=_EAGLE1_EXPORTS,
+        **_tables("eagle1"),
     ))
     registry.register_method(MethodSpec(
         name="eagle2",
@@ -39,8 +41,8 @@ def draftsmith_register_methods(registry):
         objective="draftsmith_eagle.objective:Eagle1Objective",
         drafter="draftsmith_eagle.drafting:EagleTreeDrafter",
         layer_policy="draftsmith_eagle.registry:default_eagle1_layer_ids",
-        export_formats={"native": "draftsmith_eagle.export:export_native"},
-        default_options=dict(EAGLE1_OPTIONS),
+        export_formats=_EAGLE1_EXPORTS,
+        **_tables("eagle2"),
     ))
     registry.register_method(MethodSpec(
         name="eagle3",
@@ -48,8 +50,6 @@ def draftsmith_register_methods(registry):
         objective="draftsmith_eagle.objective:Eagle3Objective",
         drafter="draftsmith_eagle.drafting:EagleChainDrafter",
         layer_policy="draftsmith_eagle.registry:default_aux_layer_ids",
-        export_formats={"native": "draftsmith_eagle.export:export_native",
-                        "vllm": "draftsmith_eagle.export:export_vllm",
-                        "sglang": "draftsmith_eagle.export:export_sglang"},
-        default_options=dict(EAGLE3_OPTIONS),
+        export_formats=_EAGLE3_EXPORTS,
+        **_tables("eagle3"),
     ))

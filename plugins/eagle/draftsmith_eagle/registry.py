@@ -1,9 +1,16 @@
-"""EAGLE registrations (torch-free: imported by `draftsmith list-drafts`).
+"""EAGLE registrations, option tables and layer policies (torch-free: imported by `draftsmith list-drafts`).
 
 Also the names NeMo AutoModel users know, as views over draftsmith's live registry.
+
+The option tables (name → default; ``None`` = derived from the target or the draft) are declared once, here, per
+method: plugin.py hands them to the ``MethodSpec``s (core checks the user's ``draft:`` / ``method_options:`` /
+drafter options against them and routes each to its component), config.py, objective.py and drafting.py take
+their defaults from them. They live in this torch-free module because ``list-drafts`` imports plugin.py.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from draftsmith import DraftSpec, resolve_draft_spec
 from draftsmith.views import DraftRegistryView
@@ -30,6 +37,49 @@ SPECS = (
               description="EAGLE-3 draft with the gpt-oss target's YaRN rotary"),
 )
 
+# -- option tables ---------------------------------------------------------------------------------------------
+# Draft options (config.py). The depth has three names (NeMo AutoModel's ``draft_num_hidden_layers``, draftsmith's
+# ``num_draft_layers``): the aliases default to None and the depth to 1 when none is given.
+_DEPTH_AND_WIDTH = {"num_hidden_layers": 1, "draft_num_hidden_layers": None, "num_draft_layers": None,
+                    "intermediate_size": None,  # None: the target's
+                    "qkv_bias": False}  # Qwen-style bias on q/k/v only
+EAGLE1_DRAFT_OPTIONS: dict[str, Any] = {**_DEPTH_AND_WIDTH, "fc_bias": False}
+EAGLE3_DRAFT_OPTIONS: dict[str, Any] = {
+    **_DEPTH_AND_WIDTH,
+    "target_layer_ids": None,  # None: default_aux_layer_ids below
+    "aux_layer_ids": None,  # alias of target_layer_ids
+    "num_aux_layers": 3,  # how many layers the policy picks when no ids are given (checked against given ids)
+    "draft_vocab_size": None,  # None: min(32000, target vocab)
+    "fc_norm": False, "norm_output": False,  # EAGLE-3.1 switches
+}
+DRAFT_OPTIONS: dict[str, dict[str, Any]] = {"eagle1": EAGLE1_DRAFT_OPTIONS, "eagle2": EAGLE1_DRAFT_OPTIONS,
+                                            "eagle3": EAGLE3_DRAFT_OPTIONS}
+
+# Objective options (objective.py; the ``method_options:`` section).
+EAGLE1_OBJECTIVE_OPTIONS: dict[str, Any] = {
+    "hidden_loss_weight": 1.0, "token_loss_weight": 0.1,
+    "feature_noise": 0.1,  # half-width of the U(-a, a) training noise on the input features
+    "seed": 0,  # of the feature-noise stream
+    "freeze_embeddings": True, "num_draft_tokens": 7,
+}
+EAGLE3_OBJECTIVE_OPTIONS: dict[str, Any] = {
+    "ttt_steps": 7, "ttt_decay": 0.8,
+    "num_aux_layers": None, "draft_vocab_size": None,  # None: the draft's (a given value is checked against it)
+    "freeze_embeddings": True,
+    "num_draft_tokens": None,  # None: ttt_steps
+    "logits_chunk_size": 256, "skip_dead_chains": True,
+}
+OBJECTIVE_OPTIONS: dict[str, dict[str, Any]] = {"eagle1": EAGLE1_OBJECTIVE_OPTIONS,
+                                                "eagle2": EAGLE1_OBJECTIVE_OPTIONS,
+                                                "eagle3": EAGLE3_OBJECTIVE_OPTIONS}
+
+# Drafter options (drafting.py; ``draftsmith eval --drafter-option`` / ``--tree``).
+CHAIN_DRAFTER_OPTIONS: dict[str, Any] = {}
+TREE_DRAFTER_OPTIONS: dict[str, Any] = {"top_k": 4, "max_depth": 6}
+DRAFTER_OPTIONS: dict[str, dict[str, Any]] = {"eagle1": CHAIN_DRAFTER_OPTIONS, "eagle2": TREE_DRAFTER_OPTIONS,
+                                              "eagle3": CHAIN_DRAFTER_OPTIONS}
+
+# -- NeMo AutoModel names ----------------------------------------------------------------------------------------
 EAGLE1_DRAFT_REGISTRY = DraftRegistryView("eagle1")
 EAGLE3_DRAFT_REGISTRY = DraftRegistryView("eagle3")
 
@@ -44,7 +94,8 @@ def resolve_eagle3_draft_spec(architectures):
     return resolve_draft_spec("eagle3", architectures)
 
 
-def default_aux_layer_ids(num_target_layers: int, num_aux_layers: int = 3, **_options) -> list[int]:
+# -- layer policies ----------------------------------------------------------------------------------------------
+def default_aux_layer_ids(num_target_layers: int, num_aux_layers: int | None = None, **_options) -> list[int]:
     """EAGLE-3 default captured layers (output-of-layer ids).
 
     Three layers: ``[1, N//2 - 1, N - 4]`` (NeMo AutoModel's default; equal to vLLM's ``(2, N//2, N-3)`` in
@@ -52,6 +103,8 @@ def default_aux_layer_ids(num_target_layers: int, num_aux_layers: int = 3, **_op
     [1,1,1], N=6 → [1,2,2]), and any other ``num_aux_layers`` use an even spread over ``[0, N-2]`` instead of an
     error: ``round(i·(N-2)/(k-1))`` for i = 0..k-1 — never the last layer, whose HF output is post-norm.
     """
+    if num_aux_layers is None:
+        num_aux_layers = EAGLE3_DRAFT_OPTIONS["num_aux_layers"]
     n, k = int(num_target_layers), int(num_aux_layers)
     if k < 1:
         raise ValueError(f"num_aux_layers must be >= 1, got {k}")
@@ -72,8 +125,8 @@ def default_eagle1_layer_ids(num_target_layers: int, **_options) -> list[int]:
     return []
 
 
-# NeMo AutoModel's name for the spec type.
 __all__ = [
-    "DraftSpec", "DENSE_ARCHITECTURES", "SPECS", "EAGLE1_DRAFT_REGISTRY", "EAGLE3_DRAFT_REGISTRY",
+    "DraftSpec", "DENSE_ARCHITECTURES", "SPECS", "EAGLE1_DRAFT_REGISTRY", "EAGLE3_DRAFT_REGISTRY",  # DraftSpec: NeMo's
     "resolve_eagle1_draft_spec", "resolve_eagle3_draft_spec", "default_aux_layer_ids", "default_eagle1_layer_ids",
+    "DRAFT_OPTIONS", "OBJECTIVE_OPTIONS", "DRAFTER_OPTIONS",
 ]

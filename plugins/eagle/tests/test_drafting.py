@@ -9,7 +9,7 @@ from torch.testing import assert_close
 from draftsmith.decode import SamplingConfig, SpeculativeDecoder, generate_plain
 from draftsmith.method import TargetFeatures
 from draftsmith_eagle.drafting import EagleChainDrafter, EagleTreeDrafter
-from draftsmith_eagle.losses import shift_left
+from draftsmith_eagle.loss import shift_left
 from draftsmith_eagle.objective import Eagle1Objective, Eagle3Objective
 
 TOL = dict(rtol=1e-4, atol=1e-4)
@@ -127,7 +127,7 @@ def test_drafter_protocol_and_cache_bookkeeping(eagle, method):
     fresh.start(seq[0, :9], _slice(feats, 0, 9))
     assert len(fresh.cache) == 8
     for layer in range(draft.config.num_hidden_layers):
-        assert_close(drafter.cache.keys[layer], fresh.cache.keys[layer], **TOL)
+        assert_close(drafter.cache.get(layer)[0], fresh.cache.get(layer)[0], **TOL)
     assert_close(drafter.pending, fresh.pending)
     greedy_a, greedy_b = drafter.propose(int(seq[0, 9]), 4), fresh.propose(int(seq[0, 9]), 4)
     assert greedy_a.tokens.tolist() == greedy_b.tokens.tolist()

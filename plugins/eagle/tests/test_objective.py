@@ -12,7 +12,7 @@ from torch.testing import assert_close
 
 from draftsmith.errors import ConfigError
 from draftsmith.method import TargetFeatures, TargetHeads, TargetRequest
-from draftsmith_eagle.losses import (chain_counts, prediction_validity, shift_left, simulated_tau,
+from draftsmith_eagle.loss import (chain_counts, prediction_validity, shift_left, simulated_tau,
                                      soft_cross_entropy, step_weights)
 from draftsmith_eagle.objective import Eagle1Objective, Eagle3Objective
 

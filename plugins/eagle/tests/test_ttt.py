@@ -8,7 +8,7 @@ from torch.testing import assert_close
 
 import draftsmith_eagle.attention as attention_mod
 from draftsmith_eagle.attention import ttt_attention
-from draftsmith_eagle.losses import shift_left
+from draftsmith_eagle.loss import shift_left
 from draftsmith_eagle.masks import causal_visibility
 
 

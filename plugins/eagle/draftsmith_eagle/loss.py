@@ -1,4 +1,5 @@
-"""Label alignment, supervision masks, soft cross-entropy and data-parallel reductions of the EAGLE objectives.
+"""Label alignment, supervision masks, soft cross-entropy and TTT weights of the EAGLE objectives
+(data-parallel reductions: :mod:`draftsmith.train.distributed`).
 
 Alignment (one place, tested): slot ``t`` pairs the token ``x_{t+1}`` with the target's features at ``t`` and, at
 draft step ``k`` (0 for EAGLE-1; ``0..ttt_steps-1`` for EAGLE-3), reads the token ``x_{t+k+1}`` and predicts
@@ -15,12 +16,11 @@ from __future__ import annotations
 from typing import Mapping
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
 from draftsmith.errors import DataError
-
-from .masks import document_ids
+from draftsmith.nn.documents import document_ids
+from draftsmith.train.distributed import global_sum, world_size  # noqa: F401  (the objectives' reductions)
 
 
 def batch_tensors(batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
@@ -91,15 +91,3 @@ def simulated_tau(hits: torch.Tensor, chains: torch.Tensor) -> float:
     """``1 + Σ_k hits_k / chains_k`` over the depths that have any supervised chain."""
     present = chains > 0
     return 1.0 + float((hits[present].double() / chains[present].double()).sum())
-
-
-def world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def global_sum(t: torch.Tensor) -> torch.Tensor:
-    """Sum over data-parallel ranks (identity when torch.distributed is not initialised). Detached."""
-    t = t.detach().clone()
-    if world_size() > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t

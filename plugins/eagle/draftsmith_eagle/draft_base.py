@@ -1,4 +1,6 @@
-"""What every EAGLE draft shares: HF save/load plumbing, weight init, target-embedding binding, positions."""
+"""The base class every EAGLE draft shares: HF save/load plumbing, weight init, target-embedding binding, positions.
+
+Sharded-weight helpers (``weight_of``, ``full_tensor``) come from :mod:`draftsmith.nn.weights`."""
 
 from __future__ import annotations
 
@@ -9,21 +11,8 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from draftsmith.errors import ConfigError
+from draftsmith.nn.weights import full_tensor, weight_of  # noqa: F401  (full_tensor: public name)
 from draftsmith.nn.rotary import RotaryEmbedding
-
-
-def full_tensor(t: torch.Tensor) -> torch.Tensor:
-    """The whole tensor behind a possibly sharded (``DTensor``) weight; a plain tensor is returned as is."""
-    gather = getattr(t, "full_tensor", None)
-    return gather() if callable(gather) else t
-
-
-def weight_of(module_or_tensor: Any) -> torch.Tensor:
-    """``module.weight`` (or the tensor itself), gathered to a full tensor when sharded."""
-    weight = getattr(module_or_tensor, "weight", module_or_tensor)
-    if not isinstance(weight, torch.Tensor):
-        raise TypeError(f"expected an nn.Embedding/nn.Linear or a tensor, got {type(module_or_tensor).__name__}")
-    return full_tensor(weight)
 
 
 def positions_for(batch: int, length: int, offset: int, position_ids: torch.Tensor | None,
