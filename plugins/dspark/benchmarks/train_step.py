@@ -64,7 +64,6 @@ def setup(device: torch.device):
 
 
 def make_variants(draft, heads, batch, features, device):
-    from draftsmith_dspark.common import sample_anchors
     from draftsmith_dspark.objective import DSparkObjective
 
     def ours(backend):
@@ -72,15 +71,15 @@ def make_variants(draft, heads, batch, features, device):
                                     attention_backend=backend)
 
         def run():
-            objective.load_state_dict({"calls": 0})  # the same anchors every step
+            objective.load_run_state({"calls": 0})  # the same anchors every step
             return objective(batch, features).loss
         return run, objective
 
     variants, probe = {}, None
     for backend in BACKENDS:
         variants[f"draftsmith_{backend}"], probe = ours(backend)
-    probe.load_state_dict({"calls": 0})  # the anchors every draftsmith variant draws
-    anchors, keep = sample_anchors(batch["loss_mask"].bool(), ANCHORS, generator=probe._anchor_generator())
+    probe.load_run_state({"calls": 0})  # the anchors every draftsmith variant draws
+    anchors, keep = probe.draw_anchors(batch["loss_mask"].bool())
     anchors, keep = anchors.to(device), keep.to(device)
     target_hidden = features.stacked(DRAFT["target_layer_ids"])
     return {"nemo_dense_sdpa": lambda: nemo_dense_loss(draft, batch["input_ids"], batch["loss_mask"], target_hidden,

@@ -16,7 +16,6 @@ are used as they are, with NeMo's algorithm around them —
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from draftsmith.nn.rotary import apply_rotary
 
