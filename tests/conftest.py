@@ -1,20 +1,10 @@
 """Shared test fixtures. Every test starts and ends with a fresh plugin manager, so in-process registrations
 (`draftsmith.register_draft` / `register_method`) never leak between tests. Shared helpers (not fixtures) live in
-the ``support`` package beside this file."""
+the ``support`` package beside this file; the one-thread fixture in the checkout's root conftest.py."""
 
 from __future__ import annotations
 
 import pytest
-
-
-@pytest.fixture(autouse=True, scope="session")
-def _one_thread_per_worker():
-    """Tests use tiny tensors: on a 2-core machine running 2 pytest workers, extra intra-op threads only add
-    contention (a 20-token decode went from 0.15 s to 6 s with 2 threads per worker)."""
-    import torch
-
-    torch.set_num_threads(1)
-    yield
 
 
 @pytest.fixture(autouse=True)
