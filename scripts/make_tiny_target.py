@@ -42,6 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "core"))  # run from a checkout without installing draftsmith
+from draftsmith.data.chat import CHATML_WITH_GENERATION  # noqa: E402  (torch-free)
 
 # ----------------------------------------------------------------------------------------------------------
 # Corpus
@@ -250,20 +252,7 @@ PRETOKENIZE_REGEX = (
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 
-# ChatML as in Qwen, without tools/thinking.  {% generation %} marks the assistant answer *including* its
-# <|im_end|> (the model must learn to stop), which `return_assistant_tokens_mask=True` turns into a mask.
-CHAT_TEMPLATE = (
-    "{%- for message in messages %}"
-    "{%- if message['role'] == 'assistant' %}"
-    "{{- '<|im_start|>assistant\\n' }}"
-    "{%- generation %}{{- message['content'] + '<|im_end|>' }}{%- endgeneration %}"
-    "{{- '\\n' }}"
-    "{%- else %}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
-    "{%- endif %}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
-)
+CHAT_TEMPLATE = CHATML_WITH_GENERATION  # generation tags mark each answer incl. its <|im_end|>
 
 
 def train_tokenizer(texts: list[str], vocab_size: int):

@@ -7,21 +7,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from draftsmith.data.chat import CHATML_WITH_GENERATION
+
 SPECIALS = ["<|pad|>", "<|im_start|>", "<|im_end|>", "<|mask|>", "<unk>"]
 CHARS = [chr(c) for c in range(32, 127)] + ["\n"]
 
-CHATML_GEN = (
-    "{%- for message in messages %}"
-    "{%- if message['role'] == 'assistant' %}"
-    "{{- '<|im_start|>assistant\\n' }}"
-    "{%- generation %}{{- message['content'] + '<|im_end|>' }}{%- endgeneration %}"
-    "{{- '\\n' }}"
-    "{%- else %}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
-    "{%- endif %}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
-)
+CHATML_GEN = CHATML_WITH_GENERATION
 # The same rendering without generation tags (prefix re-rendering finds the assistant tokens).
 CHATML_PLAIN = CHATML_GEN.replace("{%- generation %}", "").replace("{%- endgeneration %}", "")
 

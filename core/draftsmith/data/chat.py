@@ -25,6 +25,22 @@ from ..errors import ConfigError
 
 GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
 
+# ChatML (Qwen's turn format, without tools/thinking) with generation tags around each assistant answer
+# *including* its <|im_end|> (the draft must learn to stop): the template of the shipped tiny target and of the
+# tests' tokenizers, and a starting point for a target whose own template has no tags (``data.chat_template``).
+CHATML_WITH_GENERATION = (
+    "{%- for message in messages %}"
+    "{%- if message['role'] == 'assistant' %}"
+    "{{- '<|im_start|>assistant\\n' }}"
+    "{%- generation %}{{- message['content'] + '<|im_end|>' }}{%- endgeneration %}"
+    "{{- '\\n' }}"
+    "{%- else %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
 
 def resolve_template(tokenizer: Any, override: str | Path | None = None) -> str | None:
     """The chat template text in use: ``override`` (a file path or a Jinja string), else the tokenizer's."""
