@@ -14,12 +14,12 @@ from __future__ import annotations
 import argparse
 import resource
 import statistics
-import time
 
 import torch
 from torch import nn
 
 import draftsmith
+from draftsmith.benchmarking import step_timer
 from draftsmith.method import TargetFeatures, TargetHeads
 
 # Common reference target (Qwen3/Llama-shaped; only its config is needed).
@@ -86,22 +86,11 @@ def main() -> None:
     torch.manual_seed(0)
     draft, objective, shape = build(args.method, device, dtype)
     batch, features = make_batch(objective, shape, device, dtype)
-    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+    timed = step_timer(device, dtype, draft)
+    loss_fn = lambda: objective(batch, features).loss  # noqa: E731
 
-    def step() -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        with autocast:
-            out = objective(batch, features)
-        out.loss.backward()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        draft.zero_grad(set_to_none=True)
-        return time.perf_counter() - t0
-
-    step()  # warm-up (allocations, kernels)
-    times = [step() for _ in range(max(args.steps, 2))]
+    timed(loss_fn)  # warm-up (allocations, kernels)
+    times = [timed(loss_fn) for _ in range(max(args.steps, 2))]
     median = statistics.median(times)
     tokens = shape["batch"] * shape["seq"]
     params = sum(p.numel() for p in draft.parameters() if p.requires_grad)

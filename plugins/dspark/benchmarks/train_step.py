@@ -22,7 +22,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import time
 
 import torch
 from torch import nn
@@ -31,6 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from nemo_dense_reference import nemo_dense_loss  # noqa: E402
 
 import draftsmith  # noqa: E402
+from draftsmith.benchmarking import interleaved_times, reset_peak_rss, rss_mb, step_timer  # noqa: E402
 from draftsmith.method import TargetFeatures, TargetHeads  # noqa: E402
 
 TARGET = dict(hidden_size=512, intermediate_size=2048, num_attention_heads=8, num_key_value_heads=2, head_dim=64,
@@ -87,20 +87,6 @@ def make_variants(draft, heads, batch, features, device):
             **variants}
 
 
-def _rss_mb(field: str) -> float:
-    """``VmRSS`` (current) or ``VmHWM`` (peak since the last reset) of this process, in MB (Linux)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
-def _reset_peak_rss() -> None:
-    with open("/proc/self/clear_refs", "w") as f:  # "5" resets VmHWM to the current RSS
-        f.write("5")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=5)
@@ -115,27 +101,16 @@ def main() -> None:
     draft, heads, batch, features = setup(device)
     variants = make_variants(draft, heads, batch, features, device)
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
-
-    def step(fn) -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        with autocast:
-            loss = fn()
-        loss.backward()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        draft.zero_grad(set_to_none=True)
-        return time.perf_counter() - t0
+    step = step_timer(device, dtype, draft)
 
     if args.only:
         fn = variants[args.only]
         step(fn)  # warm-up
-        base = _rss_mb("VmRSS")
-        _reset_peak_rss()
+        base = rss_mb("VmRSS")
+        reset_peak_rss()
         times = [step(fn) for _ in range(args.steps)]
         print(json.dumps({"variant": args.only, "median_s": statistics.median(times),
-                          "step_peak_mb": _rss_mb("VmHWM") - base,
+                          "step_peak_mb": rss_mb("VmHWM") - base,
                           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
         return
 
@@ -144,15 +119,7 @@ def main() -> None:
         with autocast:
             losses[name] = float(fn().detach())
         step(fn)
-    times = {name: [] for name in variants}
-    peak = {}
-    for _ in range(args.steps):
-        for name, fn in variants.items():
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats()
-            times[name].append(step(fn))
-            if device.type == "cuda":
-                peak[name] = torch.cuda.max_memory_allocated() / 2**20
+    times, peak = interleaved_times(variants, args.steps, step, device)
     if device.type == "cpu":
         for name in variants:
             cmd = [sys.executable, __file__, "--only", name, "--steps", "2", "--threads", str(args.threads)]

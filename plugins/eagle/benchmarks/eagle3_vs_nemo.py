@@ -12,10 +12,11 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import statistics
-import time
 from pathlib import Path
 
 import torch
+
+from draftsmith.benchmarking import step_timer
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]
@@ -53,18 +54,7 @@ def main() -> None:
     aux = torch.cat([features.hidden_states[i] for i in draft.config.target_layer_ids], dim=-1)
     ttt = objective.ttt_steps
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
-
-    def timed(fn) -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        with autocast:
-            loss = fn()
-        loss.backward()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        draft.zero_grad(set_to_none=True)
-        return time.perf_counter() - t0
+    timed = step_timer(device, dtype, draft)
 
     ours = lambda: objective(batch, features).loss  # noqa: E731
     theirs = lambda: nemo.nemo_eager_loss(draft, objective.heads.lm_head, batch, aux,  # noqa: E731
