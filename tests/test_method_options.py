@@ -89,3 +89,14 @@ def test_engine_reads_only_the_declared_default_num_tokens():
 
     assert isinstance(Suggests(), SuggestsNumTokens) and not isinstance(Quiet(), SuggestsNumTokens)
     assert default_num_tokens(Suggests()) == 5 and default_num_tokens(Quiet()) == DEFAULT_NUM_DRAFT_TOKENS
+
+
+@pytest.mark.parametrize("name", ["eagle1", "eagle2", "eagle3", "dflash", "dspark"])
+def test_first_party_methods_declare_every_option_table(name):
+    """Core checks and routes options only for declared tables: every first-party method declares all three."""
+    import draftsmith
+
+    method = draftsmith.get_method(name)
+    for table in (method.draft_options, method.objective_options, method.drafter_options):
+        assert isinstance(table, dict) and all(isinstance(k, str) for k in table)
+    assert method.default_options == method.objective_options

@@ -67,7 +67,7 @@ class BlockDrafterBase:
         """The committed tokens (anchor + accepted drafts, bonus excluded) and their target features: they become
         context of the next pass (projected then)."""
         if not self._started:
-            raise DraftsmithError(f"{type(self).__name__}.commit called before start()")
+            raise ConfigError(f"{type(self).__name__}.commit called before start()")
         count = int(tokens.reshape(-1).shape[0])
         if count < 1:
             raise ConfigError(f"{type(self).__name__}.commit needs at least the anchor token")
@@ -81,7 +81,7 @@ class BlockDrafterBase:
         ``attention_mask``: a dense bool mask over ``[committed context | block]`` (causal or windowed variants),
         or ``None`` (every slot sees the whole committed context and the whole block)."""
         if not self._started:
-            raise DraftsmithError(f"{type(self).__name__}.propose called before start()")
+            raise ConfigError(f"{type(self).__name__}.propose called before start()")
         draft, n, bs = self.draft, self._length, self.block_size
         device = draft.fc.weight.device
         ids = torch.full((1, bs), self.mask_token_id, dtype=torch.long, device=device)

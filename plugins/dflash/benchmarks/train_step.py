@@ -17,11 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
-import time
 
 import torch
 from torch import nn
@@ -30,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from nemo_dense_reference import nemo_dense_loss  # noqa: E402
 
 import draftsmith  # noqa: E402
+from draftsmith.benchmarking import interleaved_times, rss_mb, step_timer  # noqa: E402
 from draftsmith.method import TargetFeatures, TargetHeads  # noqa: E402
 
 TARGET = dict(hidden_size=512, intermediate_size=2048, num_attention_heads=8, num_key_value_heads=2, head_dim=64,
@@ -58,13 +57,12 @@ def setup(device: torch.device):
 
 
 def make_variants(draft, heads, batch, features, device):
-    from draftsmith_dflash.anchors import anchor_candidates, sample_anchors
+    from draftsmith_dflash.anchors import anchor_candidates
     from draftsmith_dflash.objective import DFlashObjective
 
     # the anchors every draftsmith variant draws at call 0 (seed 0, rank 0), for the reference
     probe = DFlashObjective(draft, heads, num_anchors=ANCHORS)
-    anchors, keep = sample_anchors(anchor_candidates(batch["loss_mask"].bool(), DRAFT["block_size"]), ANCHORS,
-                                   probe._anchor_generator())
+    anchors, keep = probe.draw_anchors(anchor_candidates(batch["loss_mask"].bool(), DRAFT["block_size"]))
     anchors, keep = anchors.to(device), keep.to(device)
 
     target_hidden = features.stacked(DRAFT["target_layer_ids"])
@@ -74,7 +72,7 @@ def make_variants(draft, heads, batch, features, device):
                                     attention_backend=backend)
 
         def run():
-            objective.load_state_dict({"calls": 0})  # the same anchors every step
+            objective.load_run_state({"calls": 0})  # the same anchors every step
             return objective(batch, features).loss
         return run
 
@@ -86,15 +84,6 @@ def make_variants(draft, heads, batch, features, device):
         "draftsmith_blockwise": ours("blockwise"),
     }
     return variants
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident set (VmHWM: reset by exec, unlike getrusage's ru_maxrss)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main() -> None:
@@ -111,23 +100,12 @@ def main() -> None:
     draft, heads, batch, features = setup(device)
     variants = make_variants(draft, heads, batch, features, device)
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
-
-    def step(fn) -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        with autocast:
-            loss = fn()
-        loss.backward()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        draft.zero_grad(set_to_none=True)
-        return time.perf_counter() - t0
+    step = step_timer(device, dtype, draft)
 
     if args.only:
         fn = variants[args.only]
         times = [step(fn) for _ in range(args.steps + 1)][1:]
-        print(json.dumps({"variant": args.only, "median_s": statistics.median(times), "peak_rss_mb": peak_rss_mb()}))
+        print(json.dumps({"variant": args.only, "median_s": statistics.median(times), "peak_rss_mb": rss_mb("VmHWM")}))
         return
 
     losses = {}
@@ -135,15 +113,7 @@ def main() -> None:
         with autocast:
             losses[name] = float(fn().detach())
         step(fn)
-    times = {name: [] for name in variants}
-    peak = {}
-    for _ in range(args.steps):
-        for name, fn in variants.items():
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats()
-            times[name].append(step(fn))
-            if device.type == "cuda":
-                peak[name] = torch.cuda.max_memory_allocated() / 2**20
+    times, peak = interleaved_times(variants, args.steps, step, device)
     if device.type == "cpu":
         for name in variants:
             out = subprocess.run([sys.executable, __file__, "--only", name, "--steps", "2",

@@ -1,4 +1,4 @@
-"""The DFlash draft model for Qwen3-shaped targets (``Qwen3DFlashDraftModel``) and its config.
+"""The DFlash draft model for Qwen3-shaped targets (``Qwen3DFlashDraftModel``; its config: config.py).
 
 Main differences with a Qwen3 decoder: no embedding and no lm_head of its own (the target's are used, frozen,
 by reference, and never saved); queries come from the block only (anchor + mask tokens); every layer attends
@@ -18,100 +18,13 @@ import os
 from typing import Any
 
 import torch
-from huggingface_hub.dataclasses import strict
-from transformers import PreTrainedModel, Qwen3Config
+from transformers import PreTrainedModel
 
-from draftsmith.checkpoint import draft_metadata
 from draftsmith.errors import ConfigError
 from draftsmith.nn.block_attention import BlockBackboneMixin, BlockLayout
 from draftsmith.nn.kv_cache import DraftKVCache
-from draftsmith.nn.rotary import rope_parameters_of
 
-from .options import check_options
-from .registry import build_target_layer_ids
-
-NATIVE_ARCHITECTURE = "DFlashDraftModel"
-DRAFT_CLASS_PATH = "draftsmith_dflash.draft_qwen3:Qwen3DFlashDraftModel"
-
-
-def _eos_ids(config: Any) -> set[int]:
-    eos = getattr(config, "eos_token_id", None)
-    if eos is None:
-        return set()
-    return {int(eos)} if isinstance(eos, int) else {int(e) for e in eos}
-
-
-def validate_mask_token_id(mask_token_id: Any, vocab_size: int, pad_token_id: Any = None,
-                           eos_token_ids: Any = ()) -> int:
-    """The mask token must be an explicit reserved id inside the vocab, never pad or eos."""
-    if mask_token_id is None:
-        raise ConfigError("DFlash needs `mask_token_id`: a reserved token id (inside the target vocab, not pad/eos) "
-                          "whose embedding fills the block's draft slots, e.g. 151669 for Qwen3")
-    if isinstance(mask_token_id, bool) or not isinstance(mask_token_id, int):
-        raise ConfigError(f"mask_token_id must be an int, got {mask_token_id!r}")
-    if not 0 <= mask_token_id < vocab_size:
-        raise ConfigError(f"mask_token_id {mask_token_id} is outside the target vocab [0, {vocab_size})")
-    if pad_token_id is not None and mask_token_id == pad_token_id:
-        raise ConfigError(f"mask_token_id {mask_token_id} is the target's pad token id; pick a reserved id")
-    if mask_token_id in set(eos_token_ids or ()):
-        raise ConfigError(f"mask_token_id {mask_token_id} is one of the target's eos token ids; pick a reserved id")
-    return mask_token_id
-
-
-@strict
-class Qwen3DFlashConfig(Qwen3Config):
-    """A Qwen3 config plus the DFlash fields (``num_hidden_layers`` = the draft's own depth)."""
-
-    block_size: int = 16
-    dflash_config: dict | None = None
-    num_target_layers: int | None = None
-    is_causal: bool = False
-    mlp_bias: bool = False
-
-    def __post_init__(self, **kwargs):
-        # Engines put mask_token_id / target_layer_ids in dflash_config; older exports also at top level.
-        dflash = dict(self.dflash_config or {})
-        for key in ("mask_token_id", "target_layer_ids"):
-            if key in kwargs:
-                dflash.setdefault(key, kwargs.pop(key))
-        dflash.setdefault("block_size", self.block_size)
-        self.dflash_config = dflash
-        super().__post_init__(**kwargs)
-
-    @property
-    def mask_token_id(self) -> int | None:
-        return (self.dflash_config or {}).get("mask_token_id")
-
-    @property
-    def target_layer_ids(self) -> list[int]:
-        return list((self.dflash_config or {}).get("target_layer_ids") or [])
-
-    @property
-    def causal(self) -> bool:
-        """In-block causal attention (JetSpec variant); DFlash's default is bidirectional."""
-        return bool((self.dflash_config or {}).get("causal", self.is_causal))
-
-    @property
-    def draft_sliding_window(self) -> int | None:
-        """Context window of the draft's layers (all layers share one layer type), or ``None``."""
-        types = set(self.layer_types or ["full_attention"])
-        if types == {"full_attention"}:
-            return None
-        if types == {"sliding_attention"} and self.sliding_window:
-            return int(self.sliding_window)
-        raise ConfigError(f"DFlash drafts support all-full or all-sliding layers (with sliding_window set); "
-                          f"got layer_types {self.layer_types} and sliding_window {self.sliding_window}")
-
-    def check_dflash(self) -> None:
-        if not isinstance(self.block_size, int) or self.block_size < 2:
-            raise ConfigError(f"block_size must be an int >= 2 (anchor + at least one draft), got {self.block_size!r}")
-        if self.dflash_config.get("block_size", self.block_size) != self.block_size:
-            raise ConfigError(f"block_size {self.block_size} disagrees with dflash_config.block_size "
-                              f"{self.dflash_config['block_size']}")
-        if not self.target_layer_ids:
-            raise ConfigError("DFlash config has no dflash_config.target_layer_ids")
-        validate_mask_token_id(self.mask_token_id, self.vocab_size, self.pad_token_id, _eos_ids(self))
-        self.draft_sliding_window  # noqa: B018 - raises on mixed layer types
+from .config import NATIVE_ARCHITECTURE, Qwen3DFlashConfig, build_dflash_config  # noqa: F401  (public names)
 
 
 class Qwen3DFlashDraftModel(BlockBackboneMixin, PreTrainedModel):
@@ -132,64 +45,10 @@ class Qwen3DFlashDraftModel(BlockBackboneMixin, PreTrainedModel):
     # -- config ---------------------------------------------------------------------------------------------
 
     @classmethod
-    def build_draft_config(cls, target_config: Any, *, mask_token_id: int | None = None, block_size: int = 16,
-                           num_draft_layers: int | None = None, num_hidden_layers: int | None = None,
-                           target_layer_ids: list[int] | None = None, num_feature_layers: int | None = None,
-                           causal: bool = False, sliding_window: int | None = None,
-                           intermediate_size: int | None = None, **options: Any) -> Qwen3DFlashConfig:
-        """The draft config for ``target_config``: Qwen3 dims and rope read from the target (text config of a
-        multimodal wrapper), ``num_hidden_layers`` = draft depth (default 5), target layer ids from the DFlash
-        rule unless given, ``mask_token_id`` required and validated against the target's vocab/pad/eos."""
-        check_options("DFlash draft", options)  # method (training/decoding) options are accepted and ignored
-        tc = getattr(target_config, "text_config", None) or target_config
-        n_target = int(tc.num_hidden_layers)
-        if num_draft_layers is not None and num_hidden_layers is not None and num_draft_layers != num_hidden_layers:
-            raise ConfigError(f"num_draft_layers={num_draft_layers} and num_hidden_layers={num_hidden_layers} disagree")
-        depth = num_draft_layers or num_hidden_layers or 5
-        if sliding_window is not None and (isinstance(sliding_window, bool) or not isinstance(sliding_window, int)
-                                           or sliding_window < 1):
-            raise ConfigError(f"sliding_window must be a positive int (or unset), got {sliding_window!r}")
-        validate_mask_token_id(mask_token_id, int(tc.vocab_size), getattr(tc, "pad_token_id", None), _eos_ids(tc))
-        if target_layer_ids is None:
-            target_layer_ids = build_target_layer_ids(n_target, depth, num_feature_layers=num_feature_layers)
-        target_layer_ids = [int(i) for i in target_layer_ids]
-        bad = [i for i in target_layer_ids if not -1 <= i < n_target]
-        if not target_layer_ids or bad or len(set(target_layer_ids)) != len(target_layer_ids):
-            raise ConfigError(f"target_layer_ids {target_layer_ids} must be distinct ids in [-1, {n_target - 1}] "
-                              f"(-1 = embedding output) for a {n_target}-layer target")
-        rope = {k: v for k, v in rope_parameters_of(tc).items() if not k.startswith("mrope")}
-        dflash = {"block_size": block_size, "mask_token_id": mask_token_id, "target_layer_ids": target_layer_ids}
-        if causal:
-            dflash["causal"] = True
-        heads = tc.num_attention_heads
-        config = Qwen3DFlashConfig(
-            vocab_size=int(tc.vocab_size), hidden_size=tc.hidden_size,
-            intermediate_size=intermediate_size or tc.intermediate_size,
-            num_hidden_layers=depth, num_attention_heads=heads,
-            num_key_value_heads=getattr(tc, "num_key_value_heads", None) or heads,
-            head_dim=getattr(tc, "head_dim", None) or tc.hidden_size // heads,
-            hidden_act=getattr(tc, "hidden_act", "silu"),
-            max_position_embeddings=getattr(tc, "max_position_embeddings", 32768),
-            initializer_range=getattr(tc, "initializer_range", 0.02),
-            rms_norm_eps=getattr(tc, "rms_norm_eps", 1e-6),
-            rope_parameters=rope,
-            attention_bias=bool(getattr(tc, "attention_bias", False)),
-            mlp_bias=bool(getattr(tc, "mlp_bias", False)),
-            use_sliding_window=sliding_window is not None, sliding_window=sliding_window,
-            max_window_layers=0 if sliding_window is not None else depth,
-            layer_types=["sliding_attention" if sliding_window is not None else "full_attention"] * depth,
-            tie_word_embeddings=False, pad_token_id=getattr(tc, "pad_token_id", None),
-            bos_token_id=getattr(tc, "bos_token_id", None), eos_token_id=getattr(tc, "eos_token_id", None),
-            block_size=block_size, dflash_config=dflash, num_target_layers=n_target, is_causal=bool(causal),
-            architectures=[NATIVE_ARCHITECTURE],
-            **({"partial_rotary_factor": tc.partial_rotary_factor}
-               if getattr(tc, "partial_rotary_factor", 1.0) not in (None, 1.0) else {}),
-        )
-        config.draftsmith = draft_metadata("dflash", DRAFT_CLASS_PATH, target_config,
-                                           target_layer_ids=target_layer_ids, block_size=block_size,
-                                           mask_token_id=mask_token_id)
-        config.check_dflash()
-        return config
+    def build_draft_config(cls, target_config: Any, **options: Any) -> Qwen3DFlashConfig:
+        """The draft config for ``target_config`` (:func:`~draftsmith_dflash.config.build_dflash_config`; options:
+        ``registry.DRAFT_OPTIONS``)."""
+        return build_dflash_config(target_config, **options)
 
     @property
     def block_size(self) -> int:

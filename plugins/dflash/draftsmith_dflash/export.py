@@ -5,7 +5,8 @@
 {mask_token_id, target_layer_ids}`` (output-of-layer ids, z-lab's and SGLang's convention; vLLM adds 1 itself),
 ``num_target_layers``, one ``layer_types`` entry per draft layer, and exactly the tensors ``layers.*``,
 ``fc.weight``, ``hidden_norm.weight``, ``norm.weight`` — no embedding, no lm_head (engines share the
-target's). Non-finite weights are refused: an engine would load them silently.
+target's). Written by :func:`draftsmith.checkpoint.save_draft`: non-finite weights are refused (an engine
+would load them silently), the draft inside DDP/FSDP wrappers is saved.
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from draftsmith.checkpoint import save_draft
 from draftsmith.errors import DraftsmithError
+from draftsmith.nn.weights import unwrap_model
 
-from .draft_qwen3 import NATIVE_ARCHITECTURE
+from .config import NATIVE_ARCHITECTURE
 
 REQUIRED_TOP_LEVEL = ("block_size", "dflash_config", "num_target_layers", "layer_types", "hidden_size",
                       "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
@@ -59,13 +60,9 @@ def export_native(draft: Any, out_dir: str | Path, **options: Any) -> Path:
     """Write ``draft`` as a native DFlash checkpoint (``config.json`` + ``model.safetensors``) in ``out_dir``."""
     if options:
         raise DraftsmithError(f"export_native takes no options, got {sorted(options)}")
+    draft = unwrap_model(draft)
     if getattr(draft.config, "dflash_config", None) is None:
         raise DraftsmithError(f"{type(draft).__name__} is not a DFlash draft (its config has no dflash_config)")
-    bad = [name for name, t in draft.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
-    if bad:
-        raise DraftsmithError(f"refusing to export non-finite weights: {bad[:5]}")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    draft.save_pretrained(out_dir)
+    out_dir = save_draft(draft, out_dir, architectures=[NATIVE_ARCHITECTURE])  # non-finite weights refused
     check_native_checkpoint(out_dir)
     return out_dir

@@ -19,43 +19,46 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import torch
-import torch.nn.functional as F
 
+from draftsmith.conventions import check_option_names, validate_mask_token_id
 from draftsmith.errors import ConfigError
 from draftsmith.method import ObjectiveOutput, TargetFeatures, TargetHeads, TargetRequest
 from draftsmith.nn.block_attention import ATTENTION_BACKENDS, block_position_ids
+from draftsmith.nn.documents import packed_document_ids
+from draftsmith.nn.random_stream import RandomStream
 
-from .anchors import (accept_lengths, anchor_candidates, block_input_ids, block_labels, decay_weights,
-                      document_ids_from_positions, sample_anchors)
-from .draft_qwen3 import validate_mask_token_id
-from .options import check_matches_draft, check_options
-
-
-def _dp_rank() -> int:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank()
-    return 0
+from .anchors import accept_lengths, anchor_candidates, block_input_ids, block_labels, sample_anchors
+from .config import check_matches_draft
+from .loss import decay_weights, decayed_cross_entropy, distillation_kl
+from .registry import DRAFT_OPTIONS, OBJECTIVE_OPTIONS
 
 
 def bind_heads(draft: Any, heads: TargetHeads) -> None:
     """Validate the mask token against the target's heads and bind the heads into the draft by reference."""
-    validate_mask_token_id(draft.mask_token_id, heads.vocab_size, heads.pad_token_id, heads.eos_token_ids)
+    validate_mask_token_id(draft.mask_token_id, heads.vocab_size, pad_token_id=heads.pad_token_id,
+                           eos_token_ids=heads.eos_token_ids, method="DFlash")
     draft.bind_target_heads(heads.embed_tokens, heads.lm_head)
 
 
 class DFlashObjective:
-    """``DFlashObjective(draft, heads, num_anchors=512, loss_decay_gamma=7.0, kd_weight=0.0, kd_temperature=1.0,
-    seed=0, attention_backend="grouped")``; see the module docstring.
+    """``DFlashObjective(draft, heads, **options)`` — options :data:`~draftsmith_dflash.registry.OBJECTIVE_OPTIONS`
+    (``num_anchors`` 512, ``loss_decay_gamma`` 7.0, ``kd_weight`` 0.0, ``kd_temperature`` 1.0, ``seed`` 0,
+    ``attention_backend`` "grouped"); draft options are accepted and checked against the draft. See the module
+    docstring.
+
+    The objective owns the anchor draws: a :class:`~draftsmith.nn.random_stream.RandomStream` seeded by ``seed``
+    (draw i of rank r from ``(seed, r, i)``) whose position :meth:`run_state` saves in training checkpoints.
 
     ``attention_backend``: ``"sdpa"`` (one dense block mask — the reference), ``"grouped"`` (default: the same
     dense masks cut per group of blocks to the context they can see, one SDPA call each; equal results, ~2× faster
     steps at the reference shape) or ``"blockwise"``; see :mod:`draftsmith.nn.block_attention`."""
 
-    def __init__(self, draft: Any, heads: TargetHeads, *, num_anchors: int = 512,
-                 loss_decay_gamma: float | None = 7.0, kd_weight: float = 0.0, kd_temperature: float = 1.0,
-                 seed: int = 0, attention_backend: str = "grouped", **options: Any) -> None:
-        check_options("DFlashObjective", options)
+    def __init__(self, draft: Any, heads: TargetHeads, **options: Any) -> None:
+        check_option_names("DFlashObjective", options, set(OBJECTIVE_OPTIONS) | set(DRAFT_OPTIONS), kind="DFlash")
         check_matches_draft("DFlashObjective", options, draft.config)
+        opts = {**OBJECTIVE_OPTIONS, **{k: v for k, v in options.items() if k in OBJECTIVE_OPTIONS}}
+        num_anchors, attention_backend = opts["num_anchors"], opts["attention_backend"]
+        kd_weight, kd_temperature = opts["kd_weight"], opts["kd_temperature"]
         if isinstance(num_anchors, bool) or not isinstance(num_anchors, int) or num_anchors < 1:
             raise ConfigError(f"num_anchors must be a positive int, got {num_anchors!r}")
         if attention_backend not in ATTENTION_BACKENDS:
@@ -69,26 +72,23 @@ class DFlashObjective:
         self.num_anchors = num_anchors
         self.kd_weight, self.kd_temperature = float(kd_weight), float(kd_temperature)
         self.attention_backend = attention_backend
-        self.slot_weights = decay_weights(self.block_size, loss_decay_gamma)  # (B,), 0 for the anchor slot
-        self.seed, self.rank = int(seed), _dp_rank()
-        self.calls = 0  # micro-batches seen: with seed and rank, it fixes the next anchor draw
+        self.slot_weights = decay_weights(self.block_size, opts["loss_decay_gamma"])  # (B,), 0 for the anchor slot
+        self.anchor_stream = RandomStream(int(opts["seed"]))
 
     def target_request(self) -> TargetRequest:
         return TargetRequest(layer_ids=tuple(self.draft.target_layer_ids), final_hidden=self.kd_weight > 0)
 
-    # Anchor draws are a pure function of (seed, data-parallel rank, call count), so the only state is the call
-    # count — identical on every rank, which keeps ranks drawing different anchors after a resume that restores
-    # rank 0's state everywhere.
-    def state_dict(self) -> dict[str, Any]:
-        return {"calls": self.calls}
+    def run_state(self) -> dict[str, int]:
+        """The anchor stream's position (``{"calls": n}``; the same on every rank, each rank drawing its own)."""
+        return self.anchor_stream.state_dict()
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.calls = int(state["calls"])
+    def load_run_state(self, state: Mapping[str, Any]) -> None:
+        self.anchor_stream.load_state_dict(state)
 
-    def _anchor_generator(self) -> torch.Generator:
-        mixed = (self.seed * 0x9E3779B97F4A7C15 + self.rank * 0xBF58476D1CE4E5B9 + self.calls) % (2 ** 63)
-        self.calls += 1
-        return torch.Generator().manual_seed(mixed)
+    def draw_anchors(self, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next draw: up to ``num_anchors`` anchors per row among ``valid (B, T)`` → ``anchors``, ``keep``
+        ``(B, N)``."""
+        return sample_anchors(valid, self.num_anchors, self.anchor_stream.next_generator())
 
     # ------------------------------------------------------------------------------------------------------
 
@@ -120,11 +120,11 @@ class DFlashObjective:
         if input_ids.shape != loss_mask.shape:
             raise ConfigError(f"input_ids {tuple(input_ids.shape)} and loss_mask {tuple(loss_mask.shape)} differ")
         position_ids = batch.get("position_ids")
-        docs = document_ids_from_positions(position_ids) if position_ids is not None else None
+        docs = packed_document_ids(position_ids)
         if "attention_mask" in batch:
             loss_mask = loss_mask.bool() & batch["attention_mask"].bool()
         valid = anchor_candidates(loss_mask, self.block_size, docs)
-        anchors, keep = sample_anchors(valid, self.num_anchors, self._anchor_generator())  # (B, N)
+        anchors, keep = self.draw_anchors(valid)  # (B, N)
         labels, mask = block_labels(input_ids, loss_mask, anchors, keep, self.block_size, docs)  # (B, N, B)
         if not mask.any():
             return self._zero_output()
@@ -133,14 +133,12 @@ class DFlashObjective:
         sel = mask.nonzero(as_tuple=True)  # supervised slots only: no logits for anchors or padding
         logits = self.draft.compute_logits(hidden[sel]).float()  # (M, V)
         weights = self.slot_weights.to(logits.device)[sel[2]]  # (M,)
-        ce = F.cross_entropy(logits, labels[sel], reduction="none")  # (M,)
-        denom = weights.sum()
-        ce_loss = (weights * ce).sum() / denom
+        ce_loss = decayed_cross_entropy(logits, labels[sel], weights)
         loss = ce_loss
         metrics: dict[str, Any] = {}
         if self.kd_weight > 0:
             kd = self._kd(logits, features, anchors, sel)  # (M,)
-            kd_loss = (weights * kd).sum() / denom
+            kd_loss = (weights * kd).sum() / weights.sum()
             loss = loss + self.kd_weight * kd_loss
             metrics["kd"] = kd_loss.detach()
 
@@ -164,9 +162,7 @@ class DFlashObjective:
         src = anchors[b_idx, n_idx] + k_idx - 1  # (M,)
         with torch.no_grad():
             teacher = self.heads.lm_head(features.final_hidden[b_idx, src]).float()
-            log_t = F.log_softmax(teacher / self.kd_temperature, dim=-1)
-        log_d = F.log_softmax(logits / self.kd_temperature, dim=-1)
-        return (log_t.exp() * (log_t - log_d)).sum(dim=-1) * self.kd_temperature ** 2
+        return distillation_kl(logits, teacher, self.kd_temperature)
 
     # ------------------------------------------------------------------------------------------------------
 
@@ -178,7 +174,7 @@ class DFlashObjective:
         b, t = input_ids.shape
         real = batch["attention_mask"].bool() if "attention_mask" in batch else torch.ones_like(input_ids).bool()
         position_ids = batch.get("position_ids")
-        docs = document_ids_from_positions(position_ids) if position_ids is not None else None
+        docs = packed_document_ids(position_ids)
         nxt = torch.zeros_like(real)
         nxt[:, :-1] = real[:, 1:]
         if docs is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import draftsmith
 from draftsmith import MethodSpec
 
-from .registry import SPECS
+from .registry import DRAFT_OPTIONS, DRAFTER_OPTIONS, OBJECTIVE_OPTIONS, SPECS
 
 
 @draftsmith.hookimpl
@@ -25,9 +25,5 @@ def draftsmith_register_methods(registry):
         export_formats={"native": "draftsmith_dflash.export:export_native",
                         "vllm": "draftsmith_dflash.export:export_native",
                         "sglang": "draftsmith_dflash.export:export_native"},
-        # Training/decoding options. Draft-shape options (mask_token_id (required), block_size=16,
-        # num_draft_layers=5, target_layer_ids, causal, sliding_window) are draft options: see
-        # Qwen3DFlashDraftModel.build_draft_config and docs/methods/dflash.md.
-        default_options={"num_anchors": 512, "loss_decay_gamma": 7.0, "kd_weight": 0.0, "kd_temperature": 1.0,
-                         "seed": 0, "attention_backend": "grouped"},
+        draft_options=DRAFT_OPTIONS, objective_options=OBJECTIVE_OPTIONS, drafter_options=DRAFTER_OPTIONS,
     ))

@@ -1,9 +1,12 @@
-"""DFlash registrations (torch-free: imported by `draftsmith list-drafts`), the DFlash layer-id rule, and the
-names NeMo AutoModel users know, as views over draftsmith's live registry."""
+"""DFlash registrations, option tables and the DFlash layer-id rule (torch-free: imported by `draftsmith
+list-drafts`), and the names NeMo AutoModel users know, as views over draftsmith's live registry."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from draftsmith import DraftSpec, resolve_draft_spec
+from draftsmith.errors import ConfigError
 from draftsmith.views import DraftRegistryView
 
 # Qwen3-shaped targets first; Llama-shaped targets work with the same config-driven class (q_norm/k_norm are
@@ -29,6 +32,34 @@ DFLASH_DRAFT_REGISTRY = DraftRegistryView("dflash")
 def resolve_dflash_draft_spec(architectures):
     """The DFlash draft spec for a target's ``config.architectures`` (first match wins)."""
     return resolve_draft_spec("dflash", architectures)
+
+
+# -- option tables ---------------------------------------------------------------------------------------------
+# Declared once: plugin.py hands them to the MethodSpec (core checks and routes the user's options), config.py,
+# objective.py and drafting.py take their defaults from them. Torch-free (`list-drafts` imports plugin.py).
+# Draft options (config.build_dflash_config).
+DRAFT_OPTIONS: dict[str, Any] = {
+    "mask_token_id": None,  # required: a reserved id, never pad/eos (Qwen3: 151669)
+    "block_size": 16,  # anchor + block_size − 1 drafts per pass
+    "num_draft_layers": 5, "num_hidden_layers": None,  # the draft depth (two names)
+    "target_layer_ids": None,  # default: build_target_layer_ids below
+    "num_feature_layers": None,  # captured layers when the default rule picks them; default: the depth
+    "causal": False,  # in-block causal attention (JetSpec variant)
+    "sliding_window": None,  # all layers windowed to this many context positions
+    "intermediate_size": None,  # default: the target's
+}
+# Objective options (objective.DFlashObjective; the ``method_options:`` section).
+OBJECTIVE_OPTIONS: dict[str, Any] = {
+    "num_anchors": 512,  # blocks per sequence per step
+    "loss_decay_gamma": 7.0,  # slot weight exp(−(k−1)/γ); None = uniform
+    "kd_weight": 0.0, "kd_temperature": 1.0,  # optional self-logit distillation term
+    "seed": 0,  # of the anchor-draw stream
+    "attention_backend": "grouped",  # see draftsmith.nn.block_mask.ATTENTION_BACKENDS
+}
+# Drafter options (drafting.DFlashDrafter; ``draftsmith eval --drafter-option``).
+DRAFTER_OPTIONS: dict[str, Any] = {
+    "attention_backend": "sdpa",  # accepted for symmetry: one block over a visible prefix is plain SDPA
+}
 
 
 def _spread(lo: int, hi: int, k: int) -> list[int]:
@@ -59,7 +90,7 @@ def build_target_layer_ids(num_target_layers: int, num_draft_layers: int = 5, *,
     k = num_draft_layers if num_feature_layers is None else num_feature_layers
     for name, value in (("num_target_layers", n), ("num_draft_layers/num_feature_layers", k)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"build_target_layer_ids: {name} must be a positive int, got {value!r}")
+            raise ConfigError(f"build_target_layer_ids: {name} must be a positive int, got {value!r}")
     if k == 1:
         return [n // 2]
     for lo, hi in ((1, n - 3), (1, n - 2), (0, n - 2), (0, n - 1)):
@@ -69,4 +100,4 @@ def build_target_layer_ids(num_target_layers: int, num_draft_layers: int = 5, *,
 
 
 __all__ = ["DFlashDraftSpec", "ARCHITECTURES", "SPECS", "DFLASH_DRAFT_REGISTRY", "resolve_dflash_draft_spec",
-           "build_target_layer_ids"]
+           "build_target_layer_ids", "DRAFT_OPTIONS", "OBJECTIVE_OPTIONS", "DRAFTER_OPTIONS"]

@@ -8,8 +8,10 @@ import math
 import pytest
 import torch
 
+from draftsmith.nn.documents import document_ids
+from draftsmith_dflash.loss import decay_weights
 from draftsmith_dflash.anchors import (accept_lengths, anchor_candidates, block_input_ids, block_labels,
-                                       decay_weights, document_ids_from_positions, sample_anchors)
+                                       sample_anchors)
 from draftsmith.nn.block_attention import block_position_ids
 
 DECAY_7 = [1, 0.866878, 0.751477, 0.651439, 0.564718, 0.489542, 0.424373, 0.367879, 0.318907, 0.276453, 0.239651,
@@ -72,8 +74,8 @@ def test_per_slot_mask_not_prefix_and_padding_blocks():
 
 def test_packing_keeps_blocks_and_context_in_their_document():
     pos = torch.tensor([[0, 1, 2, 3, 0, 1, 2, 3, 4, 5]])
-    docs = document_ids_from_positions(pos)
-    assert docs.tolist() == [[1, 1, 1, 1, 2, 2, 2, 2, 2, 2]]
+    docs = document_ids(pos)
+    assert docs.tolist() == [[0, 0, 0, 0, 1, 1, 1, 1, 1, 1]]
     valid = anchor_candidates(torch.ones_like(pos), 3, docs)
     assert valid[0].tolist() == [True, True, False, False, True, True, True, True, False, False]
     assert block_position_ids(torch.tensor([[5]]), 3, pos).tolist() == [[1, 2, 3]]

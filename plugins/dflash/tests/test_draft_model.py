@@ -45,7 +45,7 @@ def test_config_from_llama_keeps_its_rope_and_mlp_bias(dflash):
     ({"mask_token_id": 2}, "eos token"), ({"mask_token_id": "7"}, "must be an int"),
     ({"mask_token_id": 7, "block_size": 1}, "block_size"),
     ({"mask_token_id": 7, "target_layer_ids": [1, 1]}, "distinct"),
-    ({"mask_token_id": 7, "target_layer_ids": [4]}, "distinct ids in"),
+    ({"mask_token_id": 7, "target_layer_ids": [4]}, "out of range for a 4-layer target"),
     ({"mask_token_id": 7, "blocksize": 8}, "unknown DFlash option"),
     ({"mask_token_id": 7, "sliding_window": 0}, "sliding_window"),
 ])

@@ -52,7 +52,7 @@ def test_rejects_bad_counts(bad):
 
 
 def test_registry_and_plugin_modules_stay_torch_free():
-    code = ("import sys; import draftsmith_dflash.registry, draftsmith_dflash.plugin, draftsmith_dflash.options; "
+    code = ("import sys; import draftsmith_dflash.registry, draftsmith_dflash.plugin; "
             "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
@@ -69,3 +69,31 @@ def test_method_registration_points_at_real_objects():
         assert method.load_exporter(fmt).__name__ == "export_native"
     spec = draftsmith.resolve_draft_spec("dflash", ["Qwen3ForCausalLM"])
     assert spec.load_draft_cls().__name__ == "Qwen3DFlashDraftModel"
+
+
+def test_method_declares_the_option_tables_once(dflash):
+    import draftsmith
+    from draftsmith.errors import ConfigError
+    from draftsmith.method import HasRunState, SuggestsNumTokens
+    from draftsmith.target import target_heads
+    from draftsmith_dflash.drafting import DFlashDrafter
+    from draftsmith_dflash.objective import DFlashObjective
+    from draftsmith_dflash.registry import DRAFT_OPTIONS, DRAFTER_OPTIONS, OBJECTIVE_OPTIONS
+
+    method = draftsmith.get_method("dflash")
+    assert method.draft_options == DRAFT_OPTIONS and method.objective_options == OBJECTIVE_OPTIONS
+    assert method.drafter_options == DRAFTER_OPTIONS and method.default_options == OBJECTIVE_OPTIONS
+    draft, objective = method.route_options({"mask_token_id": 5, "block_size": 4}, {"num_anchors": 8})
+    assert draft == {"mask_token_id": 5, "block_size": 4}
+    assert objective["num_anchors"] == 8 and objective["seed"] == 0 and objective["loss_decay_gamma"] == 7.0
+    with pytest.raises(ConfigError, match="blok_size"):
+        method.route_options({"blok_size": 3}, {})
+    # the optional capabilities core relies on, declared by protocol
+    s = dflash.make_setup(block_size=4)
+    heads = target_heads(s.target)
+    obj = DFlashObjective(s.draft, heads, num_anchors=4)
+    assert isinstance(obj, HasRunState) and obj.run_state() == {"calls": 0}
+    obj.draw_anchors(dflash.make_batch()["loss_mask"].bool())
+    assert obj.run_state() == {"calls": 1}  # what training checkpoints save
+    drafter = DFlashDrafter(s.draft, heads)
+    assert isinstance(drafter, SuggestsNumTokens) and drafter.default_num_tokens == 3  # block_size − 1
