@@ -26,25 +26,21 @@ def every_nth(n: int, offset: int = 0) -> Corruption:
     return lambda a, s: (a + 2 * s + offset) % n == 0
 
 
+_FAMILIES = {"qwen3": "Qwen3ForCausalLM", "llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
+             "mistral": "MistralForCausalLM"}
+
+
 def tiny_target(arch: str = "qwen3", *, vocab_size: int = 128, num_layers: int = 4, seed: int = 0,
                 attn_implementation: str = "sdpa", **overrides: Any) -> torch.nn.Module:
-    """A random fp32 target of a given family (qwen3, llama, qwen2, mistral), frozen, on CPU."""
-    from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
+    """A random fp32 target of a given family (qwen3, llama, qwen2, mistral), frozen, on CPU
+    (:mod:`draftsmith.testing` sizes, special ids 1/2/0, untied head)."""
+    from draftsmith.testing import make_tiny_target, tiny_target_config
 
-    configs = {"qwen3": Qwen3Config, "llama": LlamaConfig, "qwen2": Qwen2Config, "mistral": MistralConfig}
-    kwargs = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=num_layers,
-                  num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=512,
-                  bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False)
-    kwargs.update(overrides)
-    config = configs[arch](**kwargs)
-    config.architectures = [{"qwen3": "Qwen3ForCausalLM", "llama": "LlamaForCausalLM",
-                             "qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM"}[arch]]
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation)
+    config = tiny_target_config(_FAMILIES[arch], num_layers, **{
+        "vocab_size": vocab_size, "head_dim": 16, "max_position_embeddings": 512, "bos_token_id": 1,
+        "eos_token_id": 2, "pad_token_id": 0, "tie_word_embeddings": False, **overrides})
     # random init is near-uniform; a larger lm_head makes greedy argmax margins far above fp32 noise
-    with torch.no_grad():
-        model.get_output_embeddings().weight.mul_(8.0)
-    return model.float().eval().requires_grad_(False)
+    return make_tiny_target(config, seed, attn_implementation=attn_implementation, head_scale=8.0)
 
 
 class _Tracking:
