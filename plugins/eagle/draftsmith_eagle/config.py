@@ -83,6 +83,11 @@ class _EagleConfigBase(PretrainedConfig):
             out["architectures"] = list(self.serialized_architectures)
         if out.get("dtype") is not None:
             out["torch_dtype"] = out["dtype"]
+        for switch in ("norm_output", "fc_norm"):
+            # EAGLE-3.1 switches, written only when on: SpecForge reads ``norm_output`` as "apply the final norm
+            # before lm_head" (default true), the opposite of ours, so an explicit false would skip its norm
+            if out.get(switch) is False:
+                del out[switch]
         return out
 
     def to_json_string(self, use_diff: bool = True) -> str:

@@ -9,7 +9,8 @@ from .registry import DRAFT_OPTIONS, DRAFTER_OPTIONS, OBJECTIVE_OPTIONS, SPECS
 
 _EAGLE1_EXPORTS = {"native": "draftsmith_eagle.export:export_native"}
 _EAGLE3_EXPORTS = {"native": "draftsmith_eagle.export:export_native", "vllm": "draftsmith_eagle.export:export_vllm",
-                   "sglang": "draftsmith_eagle.export:export_sglang"}
+                   "sglang": "draftsmith_eagle.export:export_sglang",
+                   "speculators": "draftsmith_eagle.export:export_speculators"}
 
 
 def _tables(method: str) -> dict:

@@ -11,7 +11,7 @@ from torch.testing import assert_close
 
 import draftsmith
 from draftsmith.errors import ConfigError, DraftsmithError
-from draftsmith_eagle.export import export_native, export_sglang, export_vllm
+from draftsmith_eagle.export import export_native, export_sglang, export_speculators, export_vllm
 
 LAYER = ["input_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
          "post_attention_layernorm", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
@@ -74,18 +74,31 @@ def test_engine_exports(eagle, tmp_path):
     draft = eagle.make_eagle3(tc, num_hidden_layers=2, target_layer_ids=[-1, 2, 5])
     export_vllm(draft, tmp_path / "vllm")
     cfg = json.loads((tmp_path / "vllm" / "config.json").read_text())
-    assert cfg["eagle_config"]["eagle_aux_hidden_state_layer_ids"] == [0, 3, 6]  # vLLM: input of layer k
-    assert cfg["architectures"] == ["LlamaForCausalLMEagle3"] and "draftsmith" not in cfg
+    # vLLM: input-of-layer ids under the top-level key it reads first; its own architecture name; no top-level
+    # target_layer_ids (its fallback would read them +1)
+    assert cfg["eagle_aux_hidden_state_layer_ids"] == [0, 3, 6] and "target_layer_ids" not in cfg
+    assert cfg["architectures"] == ["Eagle3LlamaForCausalLM"] and "draftsmith" not in cfg
+    assert cfg["norm_before_residual"] is False and "norm_output" not in cfg
     assert cfg["draftsmith_export"]["target_layer_ids"] == [-1, 2, 5]
     keys = _keys(tmp_path / "vllm")
     assert "layers.0.hidden_norm.weight" in keys and "layers.1.mlp.up_proj.weight" in keys
     assert not any(k.startswith(("midlayer", "additional_layers", "model.")) for k in keys)
     with pytest.raises(DraftsmithError, match="draftsmith"):
         draftsmith.load_draft(tmp_path / "vllm")  # engine-only layout: refused, not misloaded
-    export_sglang(draft, tmp_path / "sglang")
+    with pytest.raises(ConfigError, match="holds one draft layer"):  # SGLang/SpecForge would skip layer 1
+        export_sglang(draft, tmp_path / "sglang")
+    one = eagle.make_eagle3(tc, target_layer_ids=[-1, 2, 5], draft_vocab_size=128)  # full vocabulary
+    export_sglang(one, tmp_path / "sglang")
     cfg = json.loads((tmp_path / "sglang" / "config.json").read_text())
     assert cfg["eagle_config"]["eagle_aux_hidden_state_layer_ids"] == [-1, 2, 5]  # SGLang: output of layer k
-    assert "midlayer.self_attn.q_proj.weight" in _keys(tmp_path / "sglang")
+    assert "norm_output" not in cfg and "fc_norm" not in cfg  # SpecForge reads norm_output with another meaning
+    keys = _keys(tmp_path / "sglang")
+    assert "midlayer.self_attn.q_proj.weight" in keys and {"d2t", "t2d"} <= keys  # identity maps for SpecForge
+    with pytest.raises(ConfigError, match="norm_output"):
+        export_sglang(eagle.make_eagle3(tc, norm_output=True), tmp_path / "s31")
+    with pytest.raises(ConfigError, match="exactly 3"):
+        export_sglang(eagle.make_eagle3(tc, target_layer_ids=[1, 3]), tmp_path / "s2")
     last = eagle.make_eagle3(tc, target_layer_ids=[1, 3, 7])  # the last decoder layer: not servable by vLLM
-    with pytest.raises(ConfigError, match="reserved"):
-        export_vllm(last, tmp_path / "bad")
+    for export in (export_vllm, export_sglang, export_native, export_speculators):  # no engine captures it
+        with pytest.raises(ConfigError, match="reserved"):
+            export(last, tmp_path / "bad")

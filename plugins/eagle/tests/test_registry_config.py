@@ -54,7 +54,7 @@ def test_resolution_and_registered_methods():
     for name in ("eagle1", "eagle2", "eagle3"):
         method = draftsmith.get_method(name)
         assert method.load_objective() and method.load_drafter() and "native" in method.export_formats
-    assert set(draftsmith.get_method("eagle3").export_formats) == {"native", "vllm", "sglang"}
+    assert set(draftsmith.get_method("eagle3").export_formats) == {"native", "vllm", "sglang", "speculators"}
 
 
 @pytest.mark.parametrize("method, arch", ALL_PAIRS)
