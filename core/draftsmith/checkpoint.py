@@ -35,6 +35,8 @@ def draft_metadata(method: str, draft_class: str, target_config: Any, *, target_
         "target_architectures": list(getattr(target_config, "architectures", None) or []),
         "target_model_type": getattr(target_config, "model_type", None),
         "target_num_hidden_layers": getattr(target_config, "num_hidden_layers", None),
+        # where the target was loaded from (formats that name their verifier, e.g. speculators, write it)
+        "target_name_or_path": getattr(target_config, "_name_or_path", None) or None,
         "target_layer_ids": list(target_layer_ids) if target_layer_ids is not None else None,
         "layer_id_convention": LAYER_ID_CONVENTION,
         "version": __version__,

@@ -6,13 +6,15 @@ HELP = "export a saved draft for a serving engine (formats come from the method'
 DESCRIPTION = """Export a saved draft directory for a serving engine.
 
 The formats a method supports are registered by its plugin (see `draftsmith plugins --json`, field
-export_formats); e.g. eagle3: native, vllm, sglang; dflash: native, vllm."""
+export_formats); e.g. eagle3: native, vllm, sglang, speculators; dflash: native, vllm, sglang."""
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--draft", required=True, help="saved draft directory (config.json + model.safetensors)")
     parser.add_argument("--format", required=True, dest="fmt", help="export format, e.g. native, vllm, sglang")
     parser.add_argument("--out", required=True, help="output directory (created; must not exist or be empty)")
+    parser.add_argument("--target", help="the target (verifier) model directory or hub id, for formats that name "
+                                         "it (speculators); default: the one the draft was trained on")
 
 
 def run(args) -> int:
@@ -31,6 +33,7 @@ def run(args) -> int:
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"output directory {str(out)!r} is not empty")
     draft = load_draft(args.draft)
-    method.load_exporter(args.fmt)(draft, out)
+    options = {"target": args.target} if args.target else {}
+    method.load_exporter(args.fmt)(draft, out, **options)
     print(f"exported {block['method']} draft to {out} ({args.fmt})")
     return 0

@@ -106,13 +106,19 @@ def export_vllm(draft: Any, out_dir: str | Path, **options: Any) -> Path:
 
 
 def export_speculators(draft: Any, out_dir: str | Path, **options: Any) -> Path:
-    """EAGLE-3 in the vLLM ``speculators`` format (see module docstring)."""
+    """EAGLE-3 in the vLLM ``speculators`` format (see module docstring); ``target``: the verifier's directory
+    or hub id (default: where the draft's target was loaded from)."""
+    target = options.pop("target", None)
     if options:
-        raise ConfigError(f"speculators export takes no options, got {sorted(options)}")
+        raise ConfigError(f"speculators export takes only the option 'target', got {sorted(options)}")
     model = _require_eagle3(draft, "speculators")
     cfg = model.config
     block = dict(getattr(cfg, "draftsmith", None) or {})
     ids = engine_layer_ids(cfg.target_layer_ids, _target_layers(model), "speculators")
+    verifier = target or block.get("target_name_or_path")
+    if not verifier:  # speculators' loader reads the verifier's config (and crashes without a path)
+        raise ConfigError("the 'speculators' format names its verifier: pass --target with the target model's "
+                          "directory or hub id (this draft does not record where its target was loaded from)")
     rope = dict(cfg.rope_parameters or {})
     layer = {  # the draft layer's own HF (Llama) config
         "model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": cfg.vocab_size,
@@ -139,7 +145,7 @@ def export_speculators(draft: Any, out_dir: str | Path, **options: Any) -> Path:
         "speculators_config": {
             "algorithm": "eagle3", "default_proposal_method": "greedy",
             "proposal_methods": [{"proposal_type": "greedy", "speculative_tokens": 3}],
-            "verifier": {"name_or_path": block.get("target_name_or_path"), "architectures": verifier_archs},
+            "verifier": {"name_or_path": str(verifier), "architectures": verifier_archs},
         },
         "torch_dtype": str(model.dtype).split(".")[-1],
         "draftsmith_export": {**block, "exported_for": "speculators", "engine_layer_ids": ids,

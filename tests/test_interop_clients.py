@@ -1,0 +1,122 @@
+"""Drafts trained by ``draftsmith train`` and exported by ``draftsmith export`` load in the real clients and the
+clients' own forward reproduces our logits (fp32).
+
+Each client runs in its own environment (``scripts/install_interop.sh`` builds them from ``interop/*.txt``;
+``$DRAFTSMITH_INTEROP_ENVS``, default ``.interop/``), through a small script in ``tests/interop/`` that loads the
+directory with the client's own loader and reports missing / unexpected tensors, weight warnings, the layer ids
+it will capture and its logits. A missing environment is a failure, not a skip: CI builds them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import draftsmith
+
+from support import REPO, TESTS
+from support.cli import run_cli, subprocess_env
+from support.tiny import make_chat_data, make_target
+from support.train import run_train, toy_config
+
+ENVS = Path(os.environ.get("DRAFTSMITH_INTEROP_ENVS", REPO / ".interop"))
+CLIENTS = {"speculators": ("speculators-0.9.0", "speculators_eagle3.py"),
+           "specforge": ("specforge-0.2.0", "specforge_eagle3.py")}
+# (name, draft options): one fused layer over the full vocabulary; two layers over a reduced vocabulary
+DRAFTS = {"one_layer_full_vocab": {}, "two_layers_reduced_vocab": {"num_hidden_layers": 2, "draft_vocab_size": 48}}
+# format -> (client, the ids the client must capture given draftsmith's output-of-layer ids)
+FORMATS = {"speculators": ("speculators", lambda ids: [i + 1 for i in ids]),
+           "sglang": ("specforge", lambda ids: list(ids))}
+
+
+def _client_python(client: str) -> Path:
+    python = ENVS / CLIENTS[client][0] / "bin" / "python"
+    assert python.exists(), (f"interop environment {python.parent.parent} is missing: run "
+                             f"`bash scripts/install_interop.sh` (CI does)")
+    return python
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Each draft of DRAFTS trained 3 steps by the trainer on a tiny Llama target (8 layers)."""
+    root = tmp_path_factory.mktemp("interop")
+    target = make_target(root / "target", "llama", num_layers=8)
+    data = make_chat_data(root / "d.jsonl", n=12)
+    out = {}
+    for name, options in DRAFTS.items():
+        cfg = toy_config(root / name, target, data, method="eagle3", draft=options,
+                         method_options={"ttt_steps": 2}, **{"train.max_steps": 3, "data.seq_len": 64})
+        out[name] = run_train(cfg).final_dir
+    return {"root": root, "drafts": out, "target": target}
+
+
+def _our_logits(draft_dir: Path, inputs: Path) -> torch.Tensor:
+    """Our draft's first-step logits (draft vocab) for random ids and captured features, saved to ``inputs``."""
+    draft = draftsmith.load_draft(draft_dir).float().eval()
+    g = torch.Generator().manual_seed(0)
+    cfg = draft.config
+    ids = torch.randint(3, cfg.vocab_size, (1, 12), generator=g)
+    aux = torch.randn(1, 12, cfg.num_aux_hidden_states * cfg.target_hidden_size, generator=g)
+    with torch.no_grad():
+        hidden = draft(input_ids=ids, projected_hidden_states=draft.project_hidden_states(aux),
+                       position_ids=torch.arange(12)[None])
+        logits = draft.compute_logits(hidden)[0]
+    save_file({"ids": ids, "aux": aux}, str(inputs))
+    return logits
+
+
+def _formats_for(name: str) -> list[str]:
+    return ["speculators", "sglang"] if name == "one_layer_full_vocab" else ["speculators"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, fmt", [(n, f) for n in DRAFTS for f in _formats_for(n)])
+def test_export_loads_strictly_in_the_real_client_and_matches_our_logits(trained, name, fmt):
+    client, engine_ids = FORMATS[fmt]
+    python = _client_python(client)
+    root, draft_dir = trained["root"], trained["drafts"][name]
+    out = root / f"{name}-{fmt}"
+    res = run_cli(["export", "--draft", str(draft_dir), "--format", fmt, "--out", str(out)], env=subprocess_env())
+    assert res.returncode == 0, res.stderr[-2000:]
+    ours = _our_logits(draft_dir, root / f"{name}-{fmt}-inputs.safetensors")
+    report_file = root / f"{name}-{fmt}-report.json"
+    env = {**subprocess_env(), "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}  # the client's own packages only
+    run = subprocess.run([str(python), str(TESTS / "interop" / CLIENTS[client][1]), str(out),
+                          str(root / f"{name}-{fmt}-inputs.safetensors"), str(report_file)],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(report_file.read_text())
+    assert report["missing"] == [] and report["unexpected"] == [], report
+    assert report["warnings"] == [], report["warnings"]
+    ids = json.loads((draft_dir / "config.json").read_text())["draftsmith"]["target_layer_ids"]
+    assert report["aux_layer_ids"] == engine_ids(ids)  # the layers the client will capture are ours
+    theirs = torch.tensor(report["logits"])
+    assert theirs.shape == ours.shape
+    torch.testing.assert_close(theirs, ours, rtol=1e-4, atol=1e-4)
+
+
+def test_speculators_export_needs_to_know_its_verifier(tmp_path):
+    from draftsmith.errors import ConfigError
+    from draftsmith.testing import tiny_target_config
+    from draftsmith_eagle.draft_llama import LlamaEagle3DraftModel
+    from draftsmith_eagle.export import export_speculators
+
+    tc = tiny_target_config("LlamaForCausalLM", 8)  # built from config: no path to name
+    draft = LlamaEagle3DraftModel(LlamaEagle3DraftModel.build_draft_config(tc))
+    with pytest.raises(ConfigError, match="--target"):
+        export_speculators(draft, tmp_path / "x")
+    export_speculators(draft, tmp_path / "y", target="org/verifier")
+    cfg = json.loads((tmp_path / "y" / "config.json").read_text())
+    assert cfg["speculators_config"]["verifier"]["name_or_path"] == "org/verifier"
+    assert cfg["speculators_model_type"] == "eagle3" and cfg["norm_before_residual"] is False
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "y" / "model.safetensors"), "pt") as f:
+        names = set(f.keys())
+    assert not {"d2t", "t2d"} & names and "layers.0.hidden_norm.weight" in names  # full vocab: no maps
