@@ -85,7 +85,6 @@ class Qwen3DFlashConfig(Qwen3Config):
         self.draft_sliding_window  # noqa: B018 - raises on mixed layer types
 
 
-
 def build_dflash_config(target_config: Any, **options: Any) -> Qwen3DFlashConfig:
     """The draft config for ``target_config``: Qwen3 dims and rope from the target (:func:`draft_fields`),
     ``num_hidden_layers`` = draft depth (default 5), target layer ids from the DFlash rule unless given,
@@ -95,10 +94,11 @@ def build_dflash_config(target_config: Any, **options: Any) -> Qwen3DFlashConfig
                        kind="DFlash")
     opts = {**DRAFT_OPTIONS, **{k: v for k, v in options.items() if k in DRAFT_OPTIONS}}
     n_target = num_target_layers(target_config)
-    layers, hidden_layers = opts["num_draft_layers"], opts["num_hidden_layers"]
-    if "num_draft_layers" in options and hidden_layers is not None and layers != hidden_layers:
+    # the depth has two names; unset (or None) falls back to the other, then to the table's default
+    layers, hidden_layers = options.get("num_draft_layers"), opts["num_hidden_layers"]
+    if layers is not None and hidden_layers is not None and layers != hidden_layers:
         raise ConfigError(f"num_draft_layers={layers} and num_hidden_layers={hidden_layers} disagree")
-    depth = hidden_layers if "num_draft_layers" not in options and hidden_layers is not None else layers
+    depth = layers or hidden_layers or DRAFT_OPTIONS["num_draft_layers"]
     block_size, sliding_window, causal = opts["block_size"], opts["sliding_window"], bool(opts["causal"])
     if sliding_window is not None and (isinstance(sliding_window, bool) or not isinstance(sliding_window, int)
                                        or sliding_window < 1):

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
+from draftsmith.conventions import read_config_json
 from draftsmith.errors import ConfigError
 from draftsmith.nn.block_attention import BlockBackboneMixin, BlockLayout
 from draftsmith.nn.kv_cache import DraftKVCache
@@ -126,8 +127,7 @@ class Qwen3DFlashDraftModel(BlockBackboneMixin, PreTrainedModel):
         super().save_pretrained(save_directory, *args, **kwargs)
         self.config.architectures = [NATIVE_ARCHITECTURE]
         path = os.path.join(save_directory, "config.json")
-        with open(path) as f:
-            data = json.load(f)
+        data = read_config_json(save_directory, what="draft directory")
         data["architectures"] = [NATIVE_ARCHITECTURE]
         with open(path, "w") as f:
             json.dump(data, f, indent=2, sort_keys=True)

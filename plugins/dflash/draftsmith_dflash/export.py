@@ -11,11 +11,11 @@ would load them silently), the draft inside DDP/FSDP wrappers is saved.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from draftsmith.checkpoint import save_draft
+from draftsmith.conventions import read_config_json
 from draftsmith.errors import DraftsmithError
 from draftsmith.nn.weights import unwrap_model
 
@@ -31,7 +31,7 @@ def check_native_checkpoint(out_dir: str | Path) -> dict[str, Any]:
     from safetensors import safe_open
 
     out_dir = Path(out_dir)
-    config = json.loads((out_dir / "config.json").read_text())
+    config = read_config_json(out_dir, what="DFlash checkpoint directory", error=DraftsmithError)
     problems = []
     if config.get("architectures") != [NATIVE_ARCHITECTURE]:
         problems.append(f"architectures is {config.get('architectures')}, expected [{NATIVE_ARCHITECTURE!r}]")

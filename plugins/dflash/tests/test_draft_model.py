@@ -27,6 +27,20 @@ def test_config_reads_target_dims_and_defaults(dflash):
     assert cfg.draftsmith["target_architectures"] == ["Qwen3ForCausalLM"]
 
 
+@pytest.mark.parametrize("kwargs, depth", [
+    ({}, 5), ({"num_draft_layers": 3}, 3), ({"num_hidden_layers": 3}, 3), ({"num_draft_layers": None}, 5),
+    ({"num_draft_layers": None, "num_hidden_layers": 3}, 3), ({"num_draft_layers": 3, "num_hidden_layers": 3}, 3),
+])
+def test_draft_depth_has_two_names_and_unset_falls_back(dflash, kwargs, depth):
+    # an explicit None (e.g. `num_draft_layers:` left empty in YAML) is unset, as before the option tables
+    cfg = Qwen3DFlashDraftModel.build_draft_config(dflash.target_config("Qwen3ForCausalLM", 36), mask_token_id=5,
+                                                   **kwargs)
+    assert cfg.num_hidden_layers == depth and len(cfg.target_layer_ids) == depth
+    with pytest.raises(ConfigError, match="disagree"):
+        Qwen3DFlashDraftModel.build_draft_config(dflash.target_config(), mask_token_id=5, num_draft_layers=2,
+                                                 num_hidden_layers=3)
+
+
 def test_config_from_llama_keeps_its_rope_and_mlp_bias(dflash):
     rope = {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0, "low_freq_factor": 1.0,
             "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
@@ -150,6 +164,11 @@ def test_check_native_checkpoint_reports_problems(dflash, tmp_path):
     del cfg["dflash_config"]["target_layer_ids"]
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(DraftsmithError, match="architectures.*target_layer_ids"):
+        check_native_checkpoint(tmp_path)
+
+
+def test_check_native_checkpoint_without_config_is_a_one_line_error(tmp_path):
+    with pytest.raises(DraftsmithError, match="has no config.json"):
         check_native_checkpoint(tmp_path)
 
 
