@@ -27,7 +27,8 @@ from support.train import run_train, toy_config
 
 ENVS = Path(os.environ.get("DRAFTSMITH_INTEROP_ENVS", REPO / ".interop"))
 CLIENTS = {"speculators": ("speculators-0.9.0", "speculators_eagle3.py"),
-           "specforge": ("specforge-0.2.0", "specforge_eagle3.py")}
+           "specforge": ("specforge-0.2.0", "specforge_eagle3.py"),
+           "zlab": ("zlab-dflash-0.1.0", "zlab_dflash.py")}
 # (name, draft options): one fused layer over the full vocabulary; two layers over a reduced vocabulary
 DRAFTS = {"one_layer_full_vocab": {}, "two_layers_reduced_vocab": {"num_hidden_layers": 2, "draft_vocab_size": 48}}
 # format -> (client, the ids the client must capture given draftsmith's output-of-layer ids)
@@ -53,6 +54,10 @@ def trained(tmp_path_factory):
         cfg = toy_config(root / name, target, data, method="eagle3", draft=options,
                          method_options={"ttt_steps": 2}, **{"train.max_steps": 3, "data.seq_len": 64})
         out[name] = run_train(cfg).final_dir
+    cfg = toy_config(root / "dflash", target, data, method="dflash",
+                     draft={"mask_token_id": 3, "num_draft_layers": 2, "block_size": 4},
+                     method_options={"num_anchors": 8}, **{"train.max_steps": 3, "data.seq_len": 64})
+    out["dflash"] = run_train(cfg).final_dir
     return {"root": root, "drafts": out, "target": target}
 
 
@@ -79,19 +84,13 @@ def _formats_for(name: str) -> list[str]:
 @pytest.mark.parametrize("name, fmt", [(n, f) for n in DRAFTS for f in _formats_for(n)])
 def test_export_loads_strictly_in_the_real_client_and_matches_our_logits(trained, name, fmt):
     client, engine_ids = FORMATS[fmt]
-    python = _client_python(client)
     root, draft_dir = trained["root"], trained["drafts"][name]
     out = root / f"{name}-{fmt}"
     res = run_cli(["export", "--draft", str(draft_dir), "--format", fmt, "--out", str(out)], env=subprocess_env())
     assert res.returncode == 0, res.stderr[-2000:]
-    ours = _our_logits(draft_dir, root / f"{name}-{fmt}-inputs.safetensors")
-    report_file = root / f"{name}-{fmt}-report.json"
-    env = {**subprocess_env(), "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}  # the client's own packages only
-    run = subprocess.run([str(python), str(TESTS / "interop" / CLIENTS[client][1]), str(out),
-                          str(root / f"{name}-{fmt}-inputs.safetensors"), str(report_file)],
-                         capture_output=True, text=True, env=env, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
-    report = json.loads(report_file.read_text())
+    inputs = root / f"{name}-{fmt}-inputs.safetensors"
+    ours = _our_logits(draft_dir, inputs)
+    report = _run_client(client, out, inputs, root / f"{name}-{fmt}-report.json")
     assert report["missing"] == [] and report["unexpected"] == [], report
     assert report["warnings"] == [], report["warnings"]
     ids = json.loads((draft_dir / "config.json").read_text())["draftsmith"]["target_layer_ids"]
@@ -99,6 +98,37 @@ def test_export_loads_strictly_in_the_real_client_and_matches_our_logits(trained
     theirs = torch.tensor(report["logits"])
     assert theirs.shape == ours.shape
     torch.testing.assert_close(theirs, ours, rtol=1e-4, atol=1e-4)
+
+
+def _run_client(client: str, out: Path, inputs: Path, report_file: Path) -> dict:
+    env = {**subprocess_env(), "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}  # the client's own packages only
+    run = subprocess.run([str(_client_python(client)), str(TESTS / "interop" / CLIENTS[client][1]), str(out),
+                          str(inputs), str(report_file)], capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(report_file.read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["native", "vllm", "sglang"])
+def test_dflash_export_loads_strictly_in_zlab_and_matches_our_block(trained, fmt):
+    """Every DFlash format is the z-lab layout: z-lab's own model reproduces our block hidden states."""
+    root, draft_dir = trained["root"], trained["drafts"]["dflash"]
+    out = root / f"dflash-{fmt}"
+    res = run_cli(["export", "--draft", str(draft_dir), "--format", fmt, "--out", str(out)], env=subprocess_env())
+    assert res.returncode == 0, res.stderr[-2000:]
+    draft = draftsmith.load_draft(draft_dir).float().eval()
+    cfg, g = draft.config, torch.Generator().manual_seed(0)
+    ctx, bs = 10, cfg.block_size
+    noise = torch.randn(1, bs, cfg.hidden_size, generator=g)
+    context = torch.randn(1, ctx, len(cfg.target_layer_ids) * cfg.hidden_size, generator=g)
+    with torch.no_grad():
+        ours = draft(noise, torch.arange(ctx, ctx + bs)[None], context, torch.arange(ctx)[None], None)[0]
+    inputs = root / f"dflash-{fmt}-inputs.safetensors"
+    save_file({"noise": noise, "context": context, "positions": torch.arange(ctx + bs)[None]}, str(inputs))
+    report = _run_client("zlab", out, inputs, root / f"dflash-{fmt}-report.json")
+    assert report["missing"] == [] and report["unexpected"] == [] and report["warnings"] == [], report
+    assert report["layer_ids"] == list(cfg.target_layer_ids)  # z-lab reads out(k) as is
+    torch.testing.assert_close(torch.tensor(report["hidden"]), ours, rtol=1e-4, atol=1e-4)
 
 
 def test_speculators_export_needs_to_know_its_verifier(tmp_path):
