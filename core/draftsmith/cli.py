@@ -25,6 +25,7 @@ COMMANDS = (
     "eval",
     "regenerate",
     "export",
+    "check-export",
 )
 
 

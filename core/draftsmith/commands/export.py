@@ -35,5 +35,21 @@ def run(args) -> int:
     draft = load_draft(args.draft)
     options = {"target": args.target} if args.target else {}
     method.load_exporter(args.fmt)(draft, out, **options)
+    problems = _check(out)
+    if problems:
+        raise ConfigError(f"the {args.fmt!r} export in {out} has problems: " + "; ".join(problems))
     print(f"exported {block['method']} draft to {out} ({args.fmt})")
     return 0
+
+
+def _check(out) -> list[str]:
+    """check-export's problems for layouts it knows (a third-party format it does not know is not judged)."""
+    from draftsmith.errors import DraftsmithError
+    from draftsmith.export_check import check_export
+
+    try:
+        return check_export(out)[1]
+    except DraftsmithError as exc:
+        if "unrecognised draft layout" in str(exc):
+            return []
+        raise
