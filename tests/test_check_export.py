@@ -117,3 +117,10 @@ def test_dflash_traps(world):
     _, problems = check_export(bad, engine="sglang", target=str(world["target"]))
     assert any("outside the target vocab" in p for p in problems)
     assert any("layer_types" in p for p in problems)
+    causal = _copy(world, "dflash", "dflash-causal")  # observation 9: SGLang reads causality from layer_types
+    cfg = json.loads((causal / "config.json").read_text())
+    cfg["dflash_config"]["causal"] = True
+    (causal / "config.json").write_text(json.dumps(cfg))
+    _, problems = check_export(causal, engine="sglang")
+    assert any("would run this causal draft bidirectionally" in p for p in problems)
+    assert check_export(causal, engine="zlab")[1] == []  # z-lab reads is_causal / dflash_config.causal

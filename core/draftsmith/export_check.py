@@ -106,7 +106,7 @@ def _vocab_problems(config: dict[str, Any], state: dict[str, Any], layout: str) 
     return problems
 
 
-def _layout_problems(config: dict[str, Any], names: set[str], layout: str) -> list[str]:
+def _layout_problems(config: dict[str, Any], names: set[str], layout: str, engine: str | None) -> list[str]:
     problems = []
     if layout == "eagle3-sglang":
         if config.get("norm_output") is False:
@@ -133,6 +133,12 @@ def _layout_problems(config: dict[str, Any], names: set[str], layout: str) -> li
             problems.append("layer_types must have one entry per draft layer (SGLang reads causality from it)")
         if any(n.startswith(("embed_tokens.", "lm_head.")) for n in names):
             problems.append("embed_tokens/lm_head tensors: DFlash engines use the target's and reject them")
+        causal = bool(dflash.get("causal", config.get("is_causal", False)))
+        sliding = set(config.get("layer_types") or []) == {"sliding_attention"}
+        if engine in ("sglang", "specforge") and causal != sliding:
+            problems.append(f"SGLang reads in-block causality from layer_types only: it would run this "
+                            f"{'causal' if causal else 'bidirectional'} draft "
+                            f"{'causally' if sliding else 'bidirectionally'}")
     return problems
 
 
@@ -204,7 +210,7 @@ def check_export(path: str | Path, engine: str | None = None, target: str | None
     ids, where = _ids(config, layout)
     if ids is None and layout != "eagle1":
         problems.append(f"{where} is missing: the engine would capture its default layers silently")
-    problems += _layout_problems(config, set(state), layout)
+    problems += _layout_problems(config, set(state), layout, engine)
     if layout.startswith("eagle3"):
         problems += _vocab_problems(config, state, layout)
     problems += _tensor_problems(state)

@@ -24,6 +24,6 @@ def draftsmith_register_methods(registry):
         layer_policy="draftsmith_dflash.registry:build_target_layer_ids",
         export_formats={"native": "draftsmith_dflash.export:export_native",
                         "vllm": "draftsmith_dflash.export:export_native",
-                        "sglang": "draftsmith_dflash.export:export_native"},
+                        "sglang": "draftsmith_dflash.export:export_sglang"},
         draft_options=DRAFT_OPTIONS, objective_options=OBJECTIVE_OPTIONS, drafter_options=DRAFTER_OPTIONS,
     ))

@@ -178,3 +178,19 @@ def test_export_refuses_non_finite_weights(dflash, tmp_path):
         draft.norm.weight[0] = float("nan")
     with pytest.raises(DraftsmithError, match="non-finite"):
         export_native(draft, tmp_path)
+
+
+def test_sglang_export_refuses_drafts_whose_block_attention_sglang_would_change(dflash, tmp_path):
+    """SGLang reads in-block causality from layer_types only (issue 12, observation 9)."""
+    from draftsmith_dflash.export import export_sglang
+
+    tc = dflash.target_config()
+    with pytest.raises(ConfigError, match="would run its blocks bidirectionally"):
+        export_sglang(dflash.make_draft(tc, causal=True), tmp_path / "causal")
+    with pytest.raises(ConfigError, match="would run its blocks causally"):
+        export_sglang(dflash.make_draft(tc, sliding_window=8), tmp_path / "sliding")
+    export_sglang(dflash.make_draft(tc, causal=True, sliding_window=8), tmp_path / "causal-sliding")
+    cfg = json.loads((tmp_path / "causal-sliding" / "config.json").read_text())
+    assert set(cfg["layer_types"]) == {"sliding_attention"}
+    export_sglang(dflash.make_draft(tc), tmp_path / "plain")
+    check_native_checkpoint(tmp_path / "plain")
