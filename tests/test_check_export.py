@@ -122,5 +122,6 @@ def test_dflash_traps(world):
     cfg["dflash_config"]["causal"] = True
     (causal / "config.json").write_text(json.dumps(cfg))
     _, problems = check_export(causal, engine="sglang")
-    assert any("would run this causal draft bidirectionally" in p for p in problems)
+    assert any("causal DFlash draft with full-attention layers: SGLang would run its blocks bidirectionally" in p
+               for p in problems)
     assert check_export(causal, engine="zlab")[1] == []  # z-lab reads is_causal / dflash_config.causal

@@ -21,7 +21,7 @@ from typing import Any
 
 from .conventions import read_config_json
 from .errors import DraftsmithError
-from .formats import FORMATS, INPUT_OF_LAYER
+from .formats import FORMATS, INPUT_OF_LAYER, sglang_dflash_causality_problem, uncapturable_ids
 
 # engine (``--engine``) -> the layouts it reads
 ENGINE_LAYOUTS = {"vllm": {"eagle3-vllm", "eagle3-speculators", "dflash"}, "sglang": {"eagle3-sglang", "dflash"},
@@ -29,8 +29,9 @@ ENGINE_LAYOUTS = {"vllm": {"eagle3-vllm", "eagle3-speculators", "dflash"}, "sgla
                   "zlab": {"dflash"}}
 
 
-def detect_layout(config: dict[str, Any]) -> str:
-    """``eagle3-speculators`` / ``eagle3-vllm`` / ``eagle3-sglang`` / ``dflash`` / ``dspark`` / ``eagle1``."""
+def detect_layout(config: dict[str, Any]) -> str | None:
+    """``eagle3-speculators`` / ``eagle3-vllm`` / ``eagle3-sglang`` / ``dflash`` / ``dspark`` / ``eagle1``, or None
+    for a layout check-export does not know (e.g. a third-party format)."""
     archs = config.get("architectures") or []
     if config.get("speculators_model_type") == "eagle3":
         return "eagle3-speculators"
@@ -44,8 +45,7 @@ def detect_layout(config: dict[str, Any]) -> str:
         return "dspark"
     if "LlamaEagleDraftModel" in archs:
         return "eagle1"
-    raise DraftsmithError(f"unrecognised draft layout (architectures {archs}); check-export knows EAGLE-3 "
-                          f"(native/sglang, vllm, speculators), DFlash, DSpark and EAGLE-1 drafts")
+    return None
 
 
 def _ids(config: dict[str, Any], layout: str) -> tuple[list[int] | None, str]:
@@ -133,12 +133,10 @@ def _layout_problems(config: dict[str, Any], names: set[str], layout: str, engin
             problems.append("layer_types must have one entry per draft layer (SGLang reads causality from it)")
         if any(n.startswith(("embed_tokens.", "lm_head.")) for n in names):
             problems.append("embed_tokens/lm_head tensors: DFlash engines use the target's and reject them")
-        causal = bool(dflash.get("causal", config.get("is_causal", False)))
-        sliding = set(config.get("layer_types") or []) == {"sliding_attention"}
-        if engine in ("sglang", "specforge") and causal != sliding:
-            problems.append(f"SGLang reads in-block causality from layer_types only: it would run this "
-                            f"{'causal' if causal else 'bidirectional'} draft "
-                            f"{'causally' if sliding else 'bidirectionally'}")
+        causality = sglang_dflash_causality_problem(bool(dflash.get("causal", config.get("is_causal", False))),
+                                                    config.get("layer_types") or [])
+        if engine in ("sglang", "specforge") and causality:
+            problems.append(causality)
     return problems
 
 
@@ -157,7 +155,7 @@ def _target_problems(config: dict[str, Any], state: dict[str, Any], layout: str,
     problems = []
     n = num_target_layers(target_config)
     if ids is not None:
-        bad = [i for i in ids if not -1 <= int(i) <= n - 2]
+        bad = uncapturable_ids(ids, n)
         if bad:
             problems.append(f"layer ids {bad} (output-of-layer) cannot be captured on this {n}-layer target: "
                             f"engines capture out(-1)..out({n - 2}) only")
@@ -200,6 +198,10 @@ def check_export(path: str | Path, engine: str | None = None, target: str | None
     if not weights.is_file():
         raise DraftsmithError(f"{str(path)!r} has no model.safetensors")
     layout = detect_layout(config)
+    if layout is None:
+        raise DraftsmithError(f"unrecognised draft layout (architectures {config.get('architectures')}); "
+                              f"check-export knows EAGLE-3 (native/sglang, vllm, speculators), DFlash, DSpark and "
+                              f"EAGLE-1 drafts")
     state = load_file(str(weights))
     problems = []
     if engine is not None:

@@ -51,10 +51,29 @@ FORMATS: dict[str, EngineFormat] = {f.name: f for f in (
 )}
 
 
+def uncapturable_ids(layer_ids: Iterable[int], num_target_layers: int) -> list[int]:
+    """The output-of-layer ids no engine can capture on an ``N``-layer target: outside ``[-1, N − 2]``."""
+    return [int(i) for i in layer_ids if not -1 <= int(i) <= num_target_layers - 2]
+
+
+def sglang_dflash_causality_problem(causal: bool, layer_types: Iterable[str]) -> str | None:
+    """Why SGLang would run a DFlash draft with other in-block attention than it was trained with, or None.
+
+    SGLang (``srt/models/dflash.py``) decides in-block causality from ``layer_types`` alone: full attention →
+    bidirectional blocks, sliding attention → causal blocks; z-lab and vLLM read ``is_causal`` instead."""
+    sliding = set(layer_types) == {"sliding_attention"}
+    if causal == sliding:
+        return None
+    return (f"a {'causal' if causal else 'bidirectional'} DFlash draft with "
+            f"{'full-attention' if not sliding else 'sliding-window'} layers: SGLang would run its blocks "
+            f"{'bidirectionally' if not sliding else 'causally'} (it reads causality from layer_types only); "
+            f"serve it with --format native/vllm (z-lab, vLLM)")
+
+
 def check_capturable(layer_ids: Iterable[int], num_target_layers: int | None, fmt: str) -> None:
     """ConfigError when an id is the last decoder layer's output (``in(N)``: no engine captures it)."""
     ids = [int(i) for i in layer_ids]
-    if num_target_layers is not None and num_target_layers - 1 in ids:
+    if num_target_layers is not None and num_target_layers - 1 in uncapturable_ids(ids, num_target_layers):
         raise ConfigError(
             f"the {fmt!r} format cannot serve target layer {num_target_layers - 1} (the last decoder layer's "
             f"output, in({num_target_layers}) in the engines' convention): engines capture only the inputs of "

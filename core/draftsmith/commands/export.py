@@ -44,12 +44,10 @@ def run(args) -> int:
 
 def _check(out) -> list[str]:
     """check-export's problems for layouts it knows (a third-party format it does not know is not judged)."""
+    from draftsmith.conventions import read_config_json
     from draftsmith.errors import DraftsmithError
-    from draftsmith.export_check import check_export
+    from draftsmith.export_check import check_export, detect_layout
 
-    try:
-        return check_export(out)[1]
-    except DraftsmithError as exc:
-        if "unrecognised draft layout" in str(exc):
-            return []
-        raise
+    if detect_layout(read_config_json(out, what="export directory", error=DraftsmithError)) is None:
+        return []
+    return check_export(out)[1]

@@ -17,6 +17,7 @@ from typing import Any
 from draftsmith.checkpoint import save_draft
 from draftsmith.conventions import read_config_json
 from draftsmith.errors import ConfigError, DraftsmithError
+from draftsmith.formats import sglang_dflash_causality_problem
 from draftsmith.nn.weights import unwrap_model
 
 from .config import NATIVE_ARCHITECTURE
@@ -68,26 +69,11 @@ def export_native(draft: Any, out_dir: str | Path, **options: Any) -> Path:
     return out_dir
 
 
-def sglang_causality_problem(causal: bool, layer_types: list[str]) -> str | None:
-    """Why SGLang would run this draft with other in-block attention than it was trained with, or None.
-
-    SGLang (``srt/models/dflash.py``) decides in-block causality from ``layer_types`` alone: full attention →
-    bidirectional blocks, sliding attention → causal blocks; z-lab and vLLM read ``is_causal`` instead."""
-    sliding = set(layer_types) == {"sliding_attention"}
-    if causal and not sliding:
-        return ("a causal DFlash draft with full-attention layers: SGLang would run its blocks bidirectionally "
-                "(it reads causality from layer_types only); serve it with --format native/vllm (z-lab, vLLM)")
-    if not causal and sliding:
-        return ("a bidirectional DFlash draft with sliding-window layers: SGLang would run its blocks causally "
-                "(it reads causality from layer_types only); serve it with --format native/vllm (z-lab, vLLM)")
-    return None
-
-
 def export_sglang(draft: Any, out_dir: str | Path, **options: Any) -> Path:
     """The z-lab layout SGLang reads, refusing drafts whose attention SGLang would change (see
-    :func:`sglang_causality_problem`)."""
+    :func:`draftsmith.formats.sglang_dflash_causality_problem`)."""
     config = unwrap_model(draft).config
-    problem = sglang_causality_problem(bool(getattr(config, "causal", False)), list(config.layer_types or []))
+    problem = sglang_dflash_causality_problem(bool(getattr(config, "causal", False)), config.layer_types or [])
     if problem:
         raise ConfigError(f"the 'sglang' format cannot hold {problem}")
     return export_native(draft, out_dir, **options)

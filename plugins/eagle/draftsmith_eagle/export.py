@@ -24,7 +24,6 @@ refuses them instead of misloading them.
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -88,7 +87,7 @@ def export_vllm(draft: Any, out_dir: str | Path, **options: Any) -> Path:
     if options:
         raise ConfigError(f"vllm export takes no options, got {sorted(options)}")
     model = _require_eagle3(draft, "vllm")
-    config = copy.deepcopy(model.config)
+    config = model.config
     ids = engine_layer_ids(config.target_layer_ids, _target_layers(model), "vllm")
     block = dict(getattr(config, "draftsmith", None) or {})
     block.update(exported_for="vllm", engine_layer_ids=ids, engine_layer_id_convention="input-of-layer")
