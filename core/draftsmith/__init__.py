@@ -18,16 +18,18 @@ from .errors import (
 )
 from .hookspecs import hookimpl
 from .method import MethodSpec, TargetRequest
-from .plugins import BrokenPlugin, get_plugin_manager, get_registry, register_draft, register_method, reset_plugins
+from .formats import FormatSpec
+from .plugins import (BrokenPlugin, get_plugin_manager, get_registry, register_draft, register_format, register_method,
+                      reset_plugins)
 from .spec import DraftSpec, DraftSpecProtocol
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BrokenPlugin", "ConfigError", "DataError", "DraftConflictError", "DraftNotFoundError", "DraftSpec",
-    "DraftSpecProtocol", "DraftsmithError", "MethodSpec", "PluginLoadError", "TargetRequest", "TrainingError",
+    "DraftSpecProtocol", "DraftsmithError", "FormatSpec", "MethodSpec", "PluginLoadError", "TargetRequest", "TrainingError",
     "get_method", "get_plugin_manager", "get_registry", "hookimpl", "list_drafts", "load_draft",
-    "register_draft", "register_method", "reset_plugins", "resolve_draft_spec", "__version__",
+    "register_draft", "register_format", "register_method", "reset_plugins", "resolve_draft_spec", "__version__",
 ]
 
 

@@ -9,6 +9,11 @@ Every draft's ``config.json`` carries a ``draftsmith`` block written by its plug
 Loading never imports a class named by the file itself: the class must be one a registered spec points at
 (for that method), so a crafted checkpoint cannot make draftsmith import arbitrary code. Weights are read
 from safetensors only.
+
+A directory without that block — a public checkpoint (z-lab DFlash, SpecForge EAGLE-3, speculators) or one of
+our engine exports, which keep the block under ``draftsmith_export`` — is read by the registered format whose
+detector claims its ``config.json`` (:class:`draftsmith.formats.FormatSpec`; ``draftsmith plugins --json`` lists
+them), so ``load_draft`` / ``eval --draft`` / ``train --init-from`` take any layout a plugin can read.
 """
 
 from __future__ import annotations
@@ -45,17 +50,43 @@ def draft_metadata(method: str, draft_class: str, target_config: Any, *, target_
     return block
 
 
+EXPORT_METADATA_KEY = "draftsmith_export"  # the block in engine layouts (not loadable as a native draft)
+
+
+def _native_block(config: dict[str, Any]) -> dict[str, Any] | None:
+    block = config.get(METADATA_KEY)
+    return block if isinstance(block, dict) and "method" in block else None
+
+
+def _foreign_format(path: Path, config: dict[str, Any]) -> Any:
+    """The registered readable format claiming ``config``; DraftsmithError naming the readable ones if none."""
+    from .plugins import get_registry
+
+    registry = get_registry()
+    fmt = registry.detect_format(config)
+    if fmt is None:
+        readable = sorted(f"{f.method}/{f.name}" for f in registry.readable_formats())
+        raise DraftsmithError(f"{path / 'config.json'} has no '{METADATA_KEY}' block and matches no readable "
+                              f"format (architectures {config.get('architectures')}); readable formats: "
+                              f"{', '.join(readable) or 'none (install a method plugin)'}")
+    return fmt
+
+
 def read_draft_metadata(path: str | Path) -> dict[str, Any]:
-    """The ``draftsmith`` block of a saved draft directory, with clear errors for missing/malformed files."""
+    """The ``draftsmith`` block of a saved draft directory, with clear errors for missing/malformed files.
+
+    For a directory in another layout, the block of the format that reads it: ``method`` and ``format`` (the
+    format's name), plus what an engine export kept of ours (``target_num_hidden_layers``, ids, …)."""
     path = Path(path)
     config = read_config_json(path, what="draft directory", error=DraftsmithError)
-    block = config.get(METADATA_KEY)
-    if not isinstance(block, dict) or "method" not in block:
-        raise DraftsmithError(f"{path / 'config.json'} has no '{METADATA_KEY}' block with a 'method': not a "
-                              f"draftsmith draft")
-    if not any(p.suffix == ".safetensors" for p in path.iterdir()):
+    if not path.is_dir() or not any(p.suffix == ".safetensors" for p in path.iterdir()):
         raise DraftsmithError(f"{str(path)!r} holds no .safetensors weights")
-    return block
+    block = _native_block(config)
+    if block is not None:
+        return block
+    fmt = _foreign_format(path, config)
+    kept = config.get(EXPORT_METADATA_KEY)
+    return {**(kept if isinstance(kept, dict) else {}), "method": fmt.method, "format": fmt.name}
 
 
 def resolve_saved_draft_class(block: dict[str, Any]) -> type:
@@ -77,13 +108,23 @@ def resolve_saved_draft_class(block: dict[str, Any]) -> type:
 
 
 def load_draft(path: str | Path, *, dtype: Any = None, device: Any = None) -> Any:
-    """Load a draft saved by ``save_pretrained`` (or by ``draftsmith train``) as an identical module."""
+    """Load a draft saved by ``save_pretrained`` (or by ``draftsmith train``) as an identical module — or, for
+    a directory in another registered layout, the draft its format's reader builds from it."""
+    path = Path(path)
     block = read_draft_metadata(path)
-    cls = resolve_saved_draft_class(block)
-    kwargs: dict[str, Any] = {}
-    if dtype is not None:
-        kwargs["dtype"] = dtype
-    model = cls.from_pretrained(str(path), **kwargs)
+    config = read_config_json(path, what="draft directory", error=DraftsmithError)
+    if _native_block(config) is None:
+        from .plugins import get_registry
+
+        model = get_registry().get_format(block["method"], block["format"]).load_reader()(path, config)
+        if dtype is not None:
+            model = model.to(dtype)
+    else:
+        cls = resolve_saved_draft_class(block)
+        kwargs: dict[str, Any] = {}
+        if dtype is not None:
+            kwargs["dtype"] = dtype
+        model = cls.from_pretrained(str(path), **kwargs)
     if device is not None:
         model = model.to(device)
     return model.eval()

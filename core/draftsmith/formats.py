@@ -10,6 +10,10 @@ get right live here, once:
   :func:`engine_layer_ids` refuses the last layer's id for every format — a draft trained on it cannot be served.
 * **formats** — :data:`FORMATS` names, per ``--format``, the engine(s) that read it, their convention and the
   config keys their loaders read (docs/formats.md has the versions and source files).
+* **the format registry** — each plugin registers, through ``draftsmith_register_formats``, one
+  :class:`FormatSpec` per (method, format): the writer behind ``draftsmith export --format``, and for a layout
+  that can be read back, the reader and the detector :func:`draftsmith.load_draft` uses on a directory without
+  draftsmith's own metadata (a public checkpoint, an engine export). A third party adds an engine the same way.
 
 Torch-free.
 """
@@ -17,7 +21,7 @@ Torch-free.
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterable
+from typing import Any, Callable, Iterable, Union
 
 from .errors import ConfigError
 
@@ -42,13 +46,92 @@ FORMATS: dict[str, EngineFormat] = {f.name: f for f in (
                   "target_layer_ids"), ("eagle1", "eagle3", "dflash", "dspark")),
     EngineFormat("sglang", ("SGLang", "SpecForge"), OUTPUT_OF_LAYER,
                  ("eagle_config.eagle_aux_hidden_state_layer_ids", "dflash_config.target_layer_ids"),
-                 ("eagle3", "dflash")),
+                 ("eagle3", "dflash", "dspark")),
     EngineFormat("vllm", ("vLLM",), INPUT_OF_LAYER,
-                 ("eagle_aux_hidden_state_layer_ids", "dflash_config.target_layer_ids (+1 by vLLM)"),
-                 ("eagle3", "dflash")),
+                 ("eagle_aux_hidden_state_layer_ids", "dflash_config.target_layer_ids (+1 by vLLM)",
+                  "target_layer_ids (+1 by vLLM)"), ("eagle3", "dflash", "dspark")),
     EngineFormat("speculators", ("speculators", "vLLM"), INPUT_OF_LAYER,
-                 ("eagle_aux_hidden_state_layer_ids",), ("eagle3",)),
+                 ("eagle_aux_hidden_state_layer_ids", "aux_hidden_state_layer_ids"), ("eagle3", "dflash", "dspark")),
+    EngineFormat("zlab", ("z-lab dflash", "vLLM", "SGLang"), OUTPUT_OF_LAYER,
+                 ("dflash_config.target_layer_ids",), ("dflash",)),
 )}
+
+
+ImportRef = Union[str, Callable[..., Any]]  # "module:function" (imported on first use) or the function
+
+
+@dataclasses.dataclass(frozen=True)
+class FormatSpec:
+    """One checkpoint layout a method's drafts can be written in and/or read from.
+
+    * ``method`` — the draft method (``eagle3``, ``dflash``, …; ``eagle2`` shares ``eagle1``'s formats);
+      ``name`` — the ``--format`` value.
+    * ``writer`` — ``f(draft, out_dir, *, target=None) -> Path``: writes ``draft`` into the (new or empty)
+      ``out_dir``; ``target`` names the verifier for formats that record it. ``None``: read-only layout.
+    * ``reader`` — ``f(path: Path, config: dict) -> draft``: the draft (this method's draft class, fp32, on CPU)
+      from a directory in this layout, weights from safetensors only. ``None``: write-only.
+    * ``detect`` — ``f(config: dict) -> bool``: does a ``config.json`` hold this layout? Must be cheap and
+      torch-free; needed with a reader.
+    * ``clients`` / ``layer_id_convention`` / ``summary`` — documentation (``draftsmith plugins --json``).
+
+    Callables may be ``"module:function"`` strings, imported on first use.
+    """
+
+    method: str
+    name: str
+    writer: ImportRef | None = None
+    reader: ImportRef | None = None
+    detect: ImportRef | None = None
+    clients: tuple[str, ...] = ()
+    layer_id_convention: str = OUTPUT_OF_LAYER
+    summary: str = ""
+    plugin: str | None = None
+    distribution: str | None = None
+    version: str | None = None
+
+    def __post_init__(self) -> None:
+        for field in ("method", "name"):
+            value = getattr(self, field)
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError(f"FormatSpec.{field} must be a non-empty string, got {value!r}")
+        if self.writer is None and self.reader is None:
+            raise ValueError(f"format {self.method}/{self.name} has neither a writer nor a reader")
+        if self.reader is not None and self.detect is None:
+            raise ValueError(f"format {self.method}/{self.name} has a reader but no detect function")
+        if self.layer_id_convention not in (OUTPUT_OF_LAYER, INPUT_OF_LAYER):
+            raise ValueError(f"format {self.method}/{self.name}: layer_id_convention must be {OUTPUT_OF_LAYER!r} "
+                             f"or {INPUT_OF_LAYER!r}, got {self.layer_id_convention!r}")
+        object.__setattr__(self, "clients", tuple(self.clients))
+
+    def load_writer(self) -> Callable[..., Any]:
+        if self.writer is None:
+            raise ConfigError(f"the {self.name!r} format of {self.method} is read-only (no writer)")
+        return _load(self.writer)
+
+    def load_reader(self) -> Callable[..., Any]:
+        if self.reader is None:
+            raise ConfigError(f"the {self.name!r} format of {self.method} is write-only (no reader)")
+        return _load(self.reader)
+
+    def matches(self, config: dict[str, Any]) -> bool:
+        return self.detect is not None and bool(_load(self.detect)(config))
+
+    def with_provenance(self, plugin: str | None, distribution: str | None, version: str | None) -> "FormatSpec":
+        return dataclasses.replace(self, plugin=plugin, distribution=distribution, version=version)
+
+    def describe(self) -> dict[str, Any]:
+        return {"method": self.method, "name": self.name, "writes": self.writer is not None,
+                "reads": self.reader is not None, "clients": list(self.clients),
+                "layer_id_convention": self.layer_id_convention, "summary": self.summary,
+                "plugin": self.plugin, "distribution": self.distribution, "version": self.version}
+
+
+def _load(ref: Any) -> Any:
+    if isinstance(ref, str):
+        from .spec import import_object
+
+        return import_object(ref)
+    return ref
 
 
 def uncapturable_ids(layer_ids: Iterable[int], num_target_layers: int) -> list[int]:

@@ -37,6 +37,20 @@ def draftsmith_register_methods(registry):
     """
 
 
+@hookspec
+def draftsmith_register_formats(registry):
+    """Register checkpoint formats: call ``registry.register_format(FormatSpec(...))`` once per (method, format).
+
+    A :class:`draftsmith.formats.FormatSpec` names the method whose drafts it holds, the ``--format`` name of
+    ``draftsmith export``, a writer ``f(draft, out_dir, *, target=None) -> Path``, and for a layout that can be
+    read back a reader ``f(path, config) -> draft`` and a cheap, torch-free ``detect(config) -> bool`` that
+    :func:`draftsmith.load_draft` (and so ``eval --draft``, ``train --init-from``) asks when a directory carries
+    no draftsmith metadata. Any plugin may add a format to any method — a new serving engine is a new format;
+    writers should refuse, with one line, a draft the engine would run differently. Two plugins registering the
+    same (method, format) is a conflict reported when that format is used. Return value ignored.
+    """
+
+
 @hookspec(firstresult=True)
 def draftsmith_find_decoder_layers(model):
     """Return the ordered list of decoder layers of ``model`` (a loaded target), or ``None`` to pass.

@@ -22,7 +22,7 @@ from .errors import PluginLoadError
 from .registry import IN_PROCESS, Provenance, Registry
 
 ENTRY_POINT_GROUP = "draftsmith"
-REGISTRATION_HOOKS = ("draftsmith_register_drafts", "draftsmith_register_methods")
+REGISTRATION_HOOKS = ("draftsmith_register_drafts", "draftsmith_register_methods", "draftsmith_register_formats")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,3 +181,12 @@ def register_method(method: Any) -> Any:
     if isinstance(method, MethodSpec) and method.plugin is None and method.distribution is None:
         method = method.with_provenance(IN_PROCESS, None, None)
     return get_registry().register_method(method)
+
+
+def register_format(fmt: Any) -> Any:
+    """Register a checkpoint format in this process without packaging."""
+    from .formats import FormatSpec
+
+    if isinstance(fmt, FormatSpec) and fmt.plugin is None and fmt.distribution is None:
+        fmt = fmt.with_provenance(IN_PROCESS, None, None)
+    return get_registry().register_format(fmt)

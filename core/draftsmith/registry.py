@@ -11,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Iterable, Iterator
 
-from .errors import DraftConflictError, DraftNotFoundError
+from .errors import ConfigError, DraftConflictError, DraftNotFoundError
+from .formats import FormatSpec
 from .method import MethodSpec
 from .spec import DraftSpec, DraftSpecProtocol
 
@@ -52,6 +53,7 @@ class Registry:
         self._drafts: dict[tuple[str, str], list[Any]] = {}
         self._methods: dict[str, MethodSpec] = {}
         self._method_conflicts: dict[str, list[MethodSpec]] = {}
+        self._formats: dict[tuple[str, str], list[FormatSpec]] = {}
         self._provenance = Provenance(IN_PROCESS, None, None)
 
     # -- registration -----------------------------------------------------------------------------------
@@ -85,8 +87,24 @@ class Registry:
             self._methods[method.name] = method
         return method
 
+    def register_format(self, fmt: FormatSpec) -> FormatSpec:
+        """Register a checkpoint format (writer and/or reader) of a method's drafts."""
+        if not isinstance(fmt, FormatSpec):
+            raise TypeError(f"registry.register_format() expects a draftsmith.formats.FormatSpec, "
+                            f"got {type(fmt).__name__}")
+        if fmt.distribution is None and fmt.plugin is None:
+            p = self._provenance
+            fmt = fmt.with_provenance(p.plugin, p.distribution, p.version)
+        entries = self._formats.setdefault((fmt.method, fmt.name), [])
+        if fmt not in entries:
+            entries.append(fmt)
+        return fmt
+
     def merge(self, other: "Registry") -> None:
         """Add everything ``other`` (a staged registry of one plugin) registered."""
+        for key, formats in other._formats.items():
+            entries = self._formats.setdefault(key, [])
+            entries.extend(f for f in formats if f not in entries)
         for key, specs in other._drafts.items():
             entries = self._drafts.setdefault(key, [])
             entries.extend(s for s in specs if s not in entries)
@@ -114,6 +132,48 @@ class Registry:
             return self._methods[name]
         except KeyError:
             raise DraftNotFoundError(self._unknown_method_message(name)) from None
+
+    def formats(self, method: str) -> dict[str, FormatSpec]:
+        """The formats of ``method``'s drafts, name → spec: those registered for its draft method, plus the
+        writer-only shorthand of its :attr:`MethodSpec.export_formats` (a registered format of the same name
+        wins). A name two plugins register is a conflict, raised by :meth:`get_format`."""
+        canon = self.draft_method(method)
+        out: dict[str, FormatSpec] = {}
+        m = self._methods.get(method)
+        if m is not None:
+            for name, writer in m.export_formats.items():
+                out[name] = FormatSpec(canon, name, writer=writer, plugin=m.plugin, distribution=m.distribution,
+                                       version=m.version)
+        for (fm, name), entries in sorted(self._formats.items()):
+            if fm == canon:
+                out[name] = entries[-1]
+        return out
+
+    def get_format(self, method: str, name: str) -> FormatSpec:
+        """The format ``name`` of ``method``; ConfigError naming the known ones (or both registrants)."""
+        entries = self._formats.get((self.draft_method(method), name)) or []
+        if len(entries) > 1:
+            raise DraftConflictError(f"format {name!r} of {method} is registered by more than one plugin: "
+                                     + " and ".join(_origin(f) for f in entries))
+        known = self.formats(method)
+        if name not in known:
+            raise ConfigError(f"method {method!r} has no {name!r} format; its formats: "
+                              f"{', '.join(sorted(known)) or 'none'}")
+        return known[name]
+
+    def readable_formats(self) -> list[FormatSpec]:
+        """Every registered format with a reader (what :func:`draftsmith.load_draft` can detect)."""
+        return [entries[-1] for _key, entries in sorted(self._formats.items()) if entries[-1].reader is not None]
+
+    def detect_format(self, config: dict[str, Any]) -> FormatSpec | None:
+        """The one readable format whose detector accepts ``config`` (a config.json dict), or None;
+        DraftConflictError when several formats of different readers claim it."""
+        hits = [f for f in self.readable_formats() if f.matches(config)]
+        readers = {(f.method, f.reader if not isinstance(f.reader, str) else f.reader) for f in hits}
+        if len(readers) > 1:
+            raise DraftConflictError("this checkpoint matches several formats: "
+                                     + ", ".join(f"{f.method}/{f.name} ({_origin(f)})" for f in hits))
+        return hits[0] if hits else None
 
     def draft_method(self, method: str) -> str:
         """Canonical method whose drafts ``method`` uses (``eagle2`` → ``eagle1``)."""

@@ -5,8 +5,9 @@ from __future__ import annotations
 HELP = "export a saved draft for a serving engine (formats come from the method's plugin)"
 DESCRIPTION = """Export a saved draft directory for a serving engine.
 
-The formats a method supports are registered by its plugin (see `draftsmith plugins --json`, field
-export_formats); e.g. eagle3: native, vllm, sglang, speculators; dflash: native, vllm, sglang."""
+The formats a method supports are registered by plugins (`draftsmith plugins --json`, field formats), e.g.
+eagle3: native, vllm, sglang, speculators; dflash: native, zlab, vllm, sglang, speculators; dspark: native,
+vllm, sglang, speculators. The draft may itself be in any readable layout (a public checkpoint, an export)."""
 
 
 def add_arguments(parser) -> None:
@@ -20,21 +21,20 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from draftsmith import get_method
+    from draftsmith import get_registry
     from draftsmith.checkpoint import load_draft, read_draft_metadata
     from draftsmith.errors import ConfigError
 
     block = read_draft_metadata(args.draft)
-    method = get_method(block["method"])
-    if args.fmt not in method.export_formats:
-        raise ConfigError(f"method {method.name!r} cannot export {args.fmt!r}; its formats: "
-                          f"{', '.join(sorted(method.export_formats)) or 'none'}")
+    fmt = get_registry().get_format(block["method"], args.fmt)
+    if fmt.writer is None:
+        raise ConfigError(f"the {args.fmt!r} format of {block['method']} can be read but not written")
     out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"output directory {str(out)!r} is not empty")
     draft = load_draft(args.draft)
     options = {"target": args.target} if args.target else {}
-    method.load_exporter(args.fmt)(draft, out, **options)
+    fmt.load_writer()(draft, out, **options)
     problems = _check(out)
     if problems:
         raise ConfigError(f"the {args.fmt!r} export in {out} has problems: " + "; ".join(problems))

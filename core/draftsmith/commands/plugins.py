@@ -26,7 +26,14 @@ def run(args) -> int:
                  "error": b.error} for b in manager.broken]
     plugins += [{"plugin": name, "status": "disabled"} for name in manager.skipped]
     if args.json:
-        print(json.dumps({"plugins": plugins, "methods": [m.describe() for m in methods.values()]}, indent=2))
+        described = []
+        for name, m in methods.items():
+            formats = manager.registry.formats(name)
+            described.append({**m.describe(),
+                              "export_formats": sorted(n for n, f in formats.items() if f.writer is not None),
+                              "read_formats": sorted(n for n, f in formats.items() if f.reader is not None),
+                              "formats": [f.describe() for _n, f in sorted(formats.items())]})
+        print(json.dumps({"plugins": plugins, "methods": described}, indent=2))
         return 0
     from ._table import render_table
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from draftsmith import DraftSpec, resolve_draft_spec
 from draftsmith.errors import ConfigError
+from draftsmith.formats import FormatSpec
 from draftsmith.views import DraftRegistryView
 
 # Qwen3-shaped targets first; Llama-shaped targets work with the same config-driven class (q_norm/k_norm are
@@ -23,6 +24,16 @@ SPECS = (
     DraftSpec(method="dflash", architectures=ARCHITECTURES,
               draft_cls="draftsmith_dflash.draft_qwen3:Qwen3DFlashDraftModel",
               description="DFlash block-diffusion draft: KV-injected target context, non-causal blocks"),
+)
+
+# -- checkpoint formats (writers in export.py, readers in readers.py; docs/formats.md) ---------------------------
+FORMATS = (
+    FormatSpec("dflash", "native", writer="draftsmith_dflash.export:export_native", clients=("draftsmith",),
+               summary="the z-lab DFlashDraftModel layout with draftsmith metadata"),
+    FormatSpec("dflash", "vllm", writer="draftsmith_dflash.export:export_native", clients=("vLLM",),
+               summary="= native: vLLM's qwen3_dflash.py reads the z-lab layout (adds 1 to the ids itself)"),
+    FormatSpec("dflash", "sglang", writer="draftsmith_dflash.export:export_sglang", clients=("SGLang",),
+               summary="the z-lab layout, refusing drafts SGLang would run with other in-block causality"),
 )
 
 DFlashDraftSpec = DraftSpec

@@ -65,9 +65,10 @@ def test_method_registration_points_at_real_objects():
     assert method.default_layer_ids(36, num_draft_layers=5) == [1, 9, 17, 25, 33]
     assert method.load_objective().__name__ == "DFlashObjective"
     assert method.load_drafter().__name__ == "DFlashDrafter"
+    formats = draftsmith.get_registry().formats("dflash")
     for fmt in ("native", "vllm"):
-        assert method.load_exporter(fmt).__name__ == "export_native"
-    assert method.load_exporter("sglang").__name__ == "export_sglang"  # the z-lab layout + SGLang's causality rule
+        assert formats[fmt].load_writer().__name__ == "export_native"
+    assert formats["sglang"].load_writer().__name__ == "export_sglang"  # the z-lab layout + SGLang's causality rule
     spec = draftsmith.resolve_draft_spec("dflash", ["Qwen3ForCausalLM"])
     assert spec.load_draft_cls().__name__ == "Qwen3DFlashDraftModel"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import draftsmith
 from draftsmith import MethodSpec
 
-from .registry import DRAFT_OPTIONS, DRAFTER_OPTIONS, OBJECTIVE_OPTIONS, SPECS
+from .registry import DRAFT_OPTIONS, DRAFTER_OPTIONS, FORMATS, OBJECTIVE_OPTIONS, SPECS
 
 
 @draftsmith.hookimpl
@@ -22,6 +22,11 @@ def draftsmith_register_methods(registry):
         objective="draftsmith_dspark.objective:DSparkObjective",
         drafter="draftsmith_dspark.drafting:DSparkDrafter",
         layer_policy="draftsmith_dspark.registry:build_target_layer_ids",
-        export_formats={"native": "draftsmith_dspark.export:export_native"},
         draft_options=DRAFT_OPTIONS, objective_options=OBJECTIVE_OPTIONS, drafter_options=DRAFTER_OPTIONS,
     ))
+
+
+@draftsmith.hookimpl
+def draftsmith_register_formats(registry):
+    for fmt in FORMATS:
+        registry.register_format(fmt)

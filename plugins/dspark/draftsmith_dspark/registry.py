@@ -15,6 +15,7 @@ from typing import Any, Sequence
 from draftsmith import DraftSpec, resolve_draft_spec
 from draftsmith.conventions import validate_layer_ids
 from draftsmith.errors import ConfigError
+from draftsmith.formats import FormatSpec
 from draftsmith.views import DraftRegistryView
 
 ARCHITECTURES = (
@@ -29,6 +30,12 @@ SPECS = (
     DraftSpec(method="dspark", architectures=ARCHITECTURES,
               draft_cls="draftsmith_dspark.draft_qwen3:Qwen3DSparkModel",
               description="DSpark: parallel block backbone + Markov head + confidence head"),
+)
+
+# -- checkpoint formats (writers in export.py, readers in readers.py; docs/formats.md) ---------------------------
+FORMATS = (
+    FormatSpec("dspark", "native", writer="draftsmith_dspark.export:export_native", clients=("draftsmith",),
+               summary="Qwen3DSparkModel (NeMo AutoModel / DeepSpec layout) with draftsmith metadata"),
 )
 
 DSPARK_DRAFT_REGISTRY = DraftRegistryView("dspark")

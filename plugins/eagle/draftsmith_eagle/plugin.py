@@ -5,12 +5,7 @@ from __future__ import annotations
 import draftsmith
 from draftsmith import MethodSpec
 
-from .registry import DRAFT_OPTIONS, DRAFTER_OPTIONS, OBJECTIVE_OPTIONS, SPECS
-
-_EAGLE1_EXPORTS = {"native": "draftsmith_eagle.export:export_native"}
-_EAGLE3_EXPORTS = {"native": "draftsmith_eagle.export:export_native", "vllm": "draftsmith_eagle.export:export_vllm",
-                   "sglang": "draftsmith_eagle.export:export_sglang",
-                   "speculators": "draftsmith_eagle.export:export_speculators"}
+from .registry import DRAFT_OPTIONS, DRAFTER_OPTIONS, FORMATS, OBJECTIVE_OPTIONS, SPECS
 
 
 def _tables(method: str) -> dict:
@@ -32,7 +27,6 @@ def draftsmith_register_methods(registry):
         objective="draftsmith_eagle.objective:Eagle1Objective",
         drafter="draftsmith_eagle.drafting:EagleChainDrafter",
         layer_policy="draftsmith_eagle.registry:default_eagle1_layer_ids",
-        export_formats=_EAGLE1_EXPORTS,
         **_tables("eagle1"),
     ))
     registry.register_method(MethodSpec(
@@ -42,7 +36,6 @@ def draftsmith_register_methods(registry):
         objective="draftsmith_eagle.objective:Eagle1Objective",
         drafter="draftsmith_eagle.drafting:EagleTreeDrafter",
         layer_policy="draftsmith_eagle.registry:default_eagle1_layer_ids",
-        export_formats=_EAGLE1_EXPORTS,
         **_tables("eagle2"),
     ))
     registry.register_method(MethodSpec(
@@ -51,6 +44,11 @@ def draftsmith_register_methods(registry):
         objective="draftsmith_eagle.objective:Eagle3Objective",
         drafter="draftsmith_eagle.drafting:EagleChainDrafter",
         layer_policy="draftsmith_eagle.registry:default_aux_layer_ids",
-        export_formats=_EAGLE3_EXPORTS,
         **_tables("eagle3"),
     ))
+
+
+@draftsmith.hookimpl
+def draftsmith_register_formats(registry):
+    for fmt in FORMATS:
+        registry.register_format(fmt)

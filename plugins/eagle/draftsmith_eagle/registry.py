@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from draftsmith import DraftSpec, resolve_draft_spec
+from draftsmith.formats import INPUT_OF_LAYER, FormatSpec
 from draftsmith.views import DraftRegistryView
 
 # Same-shaped (Llama-like) dense targets: one config-driven draft class serves them all.
@@ -35,6 +36,42 @@ SPECS = (
     DraftSpec(method="eagle3", architectures=("GptOssForCausalLM",),
               draft_cls="draftsmith_eagle.draft_gpt_oss:GptOssEagle3DraftModel",
               description="EAGLE-3 draft with the gpt-oss target's YaRN rotary"),
+)
+
+# -- checkpoint formats (writers in export.py, readers in readers.py; docs/formats.md) ---------------------------
+def is_sglang_eagle3(config: dict[str, Any]) -> bool:
+    """SGLang / SpecForge / SafeAILab EAGLE-3 (``LlamaForCausalLMEagle3``, ``midlayer.*``)."""
+    return "LlamaForCausalLMEagle3" in (config.get("architectures") or [])
+
+
+def is_vllm_eagle3(config: dict[str, Any]) -> bool:
+    """vLLM's own EAGLE-3 layout (``Eagle3LlamaForCausalLM``, ``layers.{i}.*``) without speculators keys."""
+    return ("Eagle3LlamaForCausalLM" in (config.get("architectures") or [])
+            and "speculators_model_type" not in config)
+
+
+def is_speculators_eagle3(config: dict[str, Any]) -> bool:
+    return config.get("speculators_model_type") == "eagle3"
+
+
+FORMATS = (
+    FormatSpec("eagle1", "native", writer="draftsmith_eagle.export:export_native", clients=("draftsmith",),
+               summary="draftsmith's EAGLE-1/2 layout (NeMo AutoModel's); no serving engine reads it"),
+    FormatSpec("eagle3", "native", writer="draftsmith_eagle.export:export_native", clients=("draftsmith",),
+               summary="LlamaForCausalLMEagle3 layout with draftsmith metadata (any depth)"),
+    FormatSpec("eagle3", "sglang", writer="draftsmith_eagle.export:export_sglang",
+               reader="draftsmith_eagle.readers:read_sglang", detect="draftsmith_eagle.registry:is_sglang_eagle3",
+               clients=("SGLang", "SpecForge", "SafeAILab EAGLE"),
+               summary="LlamaForCausalLMEagle3: midlayer.*, ids out(k) in eagle_config"),
+    FormatSpec("eagle3", "vllm", writer="draftsmith_eagle.export:export_vllm",
+               reader="draftsmith_eagle.readers:read_vllm", detect="draftsmith_eagle.registry:is_vllm_eagle3",
+               clients=("vLLM",), layer_id_convention=INPUT_OF_LAYER,
+               summary="Eagle3LlamaForCausalLM: layers.{i}.*, ids in(k) in eagle_aux_hidden_state_layer_ids"),
+    FormatSpec("eagle3", "speculators", writer="draftsmith_eagle.export:export_speculators",
+               reader="draftsmith_eagle.readers:read_speculators",
+               detect="draftsmith_eagle.registry:is_speculators_eagle3", clients=("speculators", "vLLM"),
+               layer_id_convention=INPUT_OF_LAYER,
+               summary="speculators eagle3 (what `vllm serve DIR` takes): transformer_layer_config, ids in(k)"),
 )
 
 # -- option tables ---------------------------------------------------------------------------------------------

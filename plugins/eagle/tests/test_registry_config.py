@@ -53,8 +53,8 @@ def test_resolution_and_registered_methods():
         resolve_eagle1_draft_spec(["GptOssForCausalLM"])
     for name in ("eagle1", "eagle2", "eagle3"):
         method = draftsmith.get_method(name)
-        assert method.load_objective() and method.load_drafter() and "native" in method.export_formats
-    assert set(draftsmith.get_method("eagle3").export_formats) == {"native", "vllm", "sglang", "speculators"}
+        assert method.load_objective() and method.load_drafter() and "native" in draftsmith.get_registry().formats(name)
+    assert set(draftsmith.get_registry().formats("eagle3")) == {"native", "vllm", "sglang", "speculators"}
 
 
 @pytest.mark.parametrize("method, arch", ALL_PAIRS)
