@@ -79,6 +79,10 @@ def export_sglang(draft: Any, out_dir: str | Path, **options: Any) -> Path:
         state["d2t"] = torch.zeros(cfg.draft_vocab_size, dtype=torch.long)  # offsets: draft id + 0 = target id
         state["t2d"] = torch.ones(cfg.vocab_size, dtype=torch.bool)
         save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    # no longer the native layout (identity maps): our block moves aside, load_draft reads it as 'sglang'
+    text = json.loads((out / "config.json").read_text())
+    text["draftsmith_export"] = {**text.pop("draftsmith"), "exported_for": "sglang"}
+    (out / "config.json").write_text(json.dumps(text, indent=2, sort_keys=True) + "\n")
     return out
 
 

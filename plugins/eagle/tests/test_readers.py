@@ -1,0 +1,124 @@
+"""EAGLE-3 layouts read back: read(write(d)) reproduces d for every format, public layouts without our
+metadata are read, and what our head cannot reproduce is refused with one line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from torch.testing import assert_close
+
+import draftsmith
+from draftsmith.checkpoint import read_draft_metadata
+from draftsmith.errors import ConfigError, DraftsmithError
+from draftsmith_eagle.export import export_sglang, export_speculators, export_vllm
+
+WRITERS = {"vllm": export_vllm, "sglang": export_sglang, "speculators": export_speculators}
+DRAFTS = {"one_layer_full_vocab": {"draft_vocab_size": 128, "target_layer_ids": [-1, 2, 5]},
+          "two_layers_reduced_vocab": {"num_hidden_layers": 2, "draft_vocab_size": 48},
+          "eagle31_two_fused": {"fc_norm": True, "norm_output": True, "target_layer_ids": [1, 4]}}
+HOLDS = {"sglang": {"one_layer_full_vocab"}}  # the sglang format refuses the others (test_checkpoint_export.py)
+
+
+def _logits(draft, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    cfg = draft.config
+    ids = torch.randint(0, cfg.vocab_size, (1, 9), generator=g)
+    aux = torch.randn(1, 9, cfg.num_aux_hidden_states * cfg.target_hidden_size, generator=g)
+    with torch.no_grad():
+        return draft.compute_logits(draft(ids, draft.project_hidden_states(aux)))
+
+
+def _export(draft, fmt, out):
+    WRITERS[fmt](draft, out, **({"target": "org/verifier"} if fmt == "speculators" else {}))
+    return out
+
+
+@pytest.mark.parametrize("name", DRAFTS)
+@pytest.mark.parametrize("fmt", WRITERS)
+def test_read_of_write_reproduces_the_draft(eagle, tmp_path, name, fmt):
+    if name not in HOLDS.get(fmt, DRAFTS):
+        pytest.raises(ConfigError, WRITERS[fmt], eagle.make_eagle3(eagle.target_config(), **DRAFTS[name]),
+                      tmp_path / "x")
+        return
+    draft = eagle.make_eagle3(eagle.target_config(rope_theta=1e6), **DRAFTS[name]).eval()
+    if draft.compresses_vocab:  # a real (permuted) mapping, not the placeholder
+        vd = draft.config.draft_vocab_size
+        draft.set_vocab_mapping(torch.randperm(128, generator=torch.Generator().manual_seed(0))[:vd])
+    out = _export(draft, fmt, tmp_path / fmt)
+    block = read_draft_metadata(out)
+    assert (block["method"], block["format"], block["target_num_hidden_layers"]) == ("eagle3", fmt, 8)
+    read = draftsmith.load_draft(out)
+    assert type(read) is type(draft) and read.config.target_layer_ids == draft.config.target_layer_ids
+    ours, theirs = draft.state_dict(), read.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert_close(_logits(read), _logits(draft), rtol=0, atol=0)
+    assert read.config.rope_parameters["rope_theta"] == 1e6
+
+
+def test_public_sglang_checkpoint_without_our_metadata_is_read(eagle, tmp_path):
+    """A SpecForge-style directory: our sglang export with the draftsmith block removed (as SpecForge saves)."""
+    draft = eagle.make_eagle3(eagle.target_config(), **DRAFTS["one_layer_full_vocab"]).eval()
+    out = export_sglang(draft, tmp_path / "s")
+    cfg = json.loads((out / "config.json").read_text())
+    del cfg["draftsmith_export"]
+    cfg["norm_output"] = True  # SpecForge's own key (its default): the standard final norm
+    (out / "config.json").write_text(json.dumps(cfg))
+    read = draftsmith.load_draft(out)
+    assert read.config.draftsmith["target_num_hidden_layers"] is None  # unknown: not guessed
+    assert_close(_logits(read), _logits(draft), rtol=0, atol=0)
+
+
+def _rewrite(out, **changes):
+    cfg = json.loads((out / "config.json").read_text())
+    for key, value in changes.items():
+        if value is None:
+            cfg.pop(key, None)
+        else:
+            cfg[key] = value
+    (out / "config.json").write_text(json.dumps(cfg))
+
+
+def test_what_our_head_cannot_reproduce_is_refused(eagle, tmp_path):
+    draft = eagle.make_eagle3(eagle.target_config(), **DRAFTS["one_layer_full_vocab"]).eval()
+    out = export_speculators(draft, tmp_path / "spec", target="org/verifier")
+    _rewrite(out, norm_before_residual=None)  # speculators' default when absent: true
+    with pytest.raises(ConfigError, match="norm_before_residual"):
+        draftsmith.load_draft(out)
+    _rewrite(out, norm_before_residual=False, norm_before_fc=True)
+    with pytest.raises(ConfigError, match="norm_before_fc"):
+        draftsmith.load_draft(out)
+    out = export_sglang(draft, tmp_path / "sg")
+    _rewrite(out, norm_output=False)  # SpecForge: skip the final norm
+    with pytest.raises(ConfigError, match="norm_output"):
+        draftsmith.load_draft(out)
+    _rewrite(out, norm_output=None, eagle_config={})
+    with pytest.raises(ConfigError, match="does not record the target layers"):
+        draftsmith.load_draft(out)
+    out = export_vllm(draft, tmp_path / "v")
+    state = load_file(str(out / "model.safetensors"))
+    save_file({k: v for k, v in state.items() if k != "embed_tokens.weight"}, str(out / "model.safetensors"))
+    with pytest.raises(ConfigError, match="embed_tokens"):
+        draftsmith.load_draft(out)
+    save_file({**state, "layers.0.extra.weight": torch.ones(2)}, str(out / "model.safetensors"))
+    with pytest.raises(DraftsmithError, match="unexpected"):
+        draftsmith.load_draft(out)
+
+
+def test_full_vocab_maps_must_be_the_identity(eagle, tmp_path):
+    draft = eagle.make_eagle3(eagle.target_config(), **DRAFTS["one_layer_full_vocab"]).eval()
+    out = export_sglang(draft, tmp_path / "sg")
+    state = load_file(str(out / "model.safetensors"))
+    state["d2t"] = torch.arange(128) % 3
+    save_file(state, str(out / "model.safetensors"))
+    with pytest.raises(ConfigError, match="permutes"):
+        draftsmith.load_draft(out)
+
+
+def test_an_unknown_layout_names_the_readable_formats(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["SomethingElse"]}))
+    save_file({"w": torch.ones(1)}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(DraftsmithError, match=r"readable formats: .*eagle3/speculators"):
+        draftsmith.load_draft(tmp_path)
