@@ -68,12 +68,19 @@ def _our_logits(draft_dir: Path, inputs: Path) -> torch.Tensor:
     cfg = draft.config
     ids = torch.randint(3, cfg.vocab_size, (1, 12), generator=g)
     aux = torch.randn(1, 12, cfg.num_aux_hidden_states * cfg.target_hidden_size, generator=g)
+    save_file({"ids": ids, "aux": aux}, str(inputs))
+    return _logits_on(draft, inputs)
+
+
+def _logits_on(draft, inputs: Path) -> torch.Tensor:
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(inputs))
+    ids, aux = tensors["ids"], tensors["aux"]
     with torch.no_grad():
         hidden = draft(input_ids=ids, projected_hidden_states=draft.project_hidden_states(aux),
-                       position_ids=torch.arange(12)[None])
-        logits = draft.compute_logits(hidden)[0]
-    save_file({"ids": ids, "aux": aux}, str(inputs))
-    return logits
+                       position_ids=torch.arange(ids.shape[1])[None])
+        return draft.compute_logits(hidden)[0]
 
 
 def _formats_for(name: str) -> list[str]:
@@ -90,7 +97,8 @@ def test_export_loads_strictly_in_the_real_client_and_matches_our_logits(trained
     assert res.returncode == 0, res.stderr[-2000:]
     inputs = root / f"{name}-{fmt}-inputs.safetensors"
     ours = _our_logits(draft_dir, inputs)
-    report = _run_client(client, out, inputs, root / f"{name}-{fmt}-report.json")
+    resaved = root / f"{name}-{fmt}-saved-by-{client}"
+    report = _run_client(client, out, inputs, root / f"{name}-{fmt}-report.json", resaved)
     assert report["missing"] == [] and report["unexpected"] == [], report
     assert report["warnings"] == [], report["warnings"]
     ids = json.loads((draft_dir / "config.json").read_text())["draftsmith"]["target_layer_ids"]
@@ -98,12 +106,19 @@ def test_export_loads_strictly_in_the_real_client_and_matches_our_logits(trained
     theirs = torch.tensor(report["logits"])
     assert theirs.shape == ours.shape
     torch.testing.assert_close(theirs, ours, rtol=1e-4, atol=1e-4)
+    # the other way: the checkpoint the client itself saved (weights changed) reads back in draftsmith
+    read = draftsmith.load_draft(resaved)
+    assert read.config.target_layer_ids == ids and read.config.num_hidden_layers == DRAFTS[name].get(
+        "num_hidden_layers", 1)
+    torch.testing.assert_close(_logits_on(read, inputs), torch.tensor(report["saved_logits"]), rtol=1e-4, atol=1e-4)
 
 
-def _run_client(client: str, out: Path, inputs: Path, report_file: Path) -> dict:
+def _run_client(client: str, out: Path, inputs: Path, report_file: Path, save_dir: Path | None = None) -> dict:
     env = {**subprocess_env(), "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}  # the client's own packages only
+    extra = [str(save_dir)] if save_dir is not None else []
     run = subprocess.run([str(_client_python(client)), str(TESTS / "interop" / CLIENTS[client][1]), str(out),
-                          str(inputs), str(report_file)], capture_output=True, text=True, env=env, timeout=600)
+                          str(inputs), str(report_file), *extra], capture_output=True, text=True, env=env,
+                         timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     return json.loads(report_file.read_text())
 

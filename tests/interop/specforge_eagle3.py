@@ -1,7 +1,7 @@
 """Run inside the SpecForge 0.2.0 environment: load an exported EAGLE-3 directory (the SGLang layout) with
 SpecForge's own ``LlamaForCausalLMEagle3.from_pretrained`` and write its first-step logits for given inputs.
 
-    python specforge_eagle3.py DRAFT_DIR INPUTS.safetensors OUT.json
+    python specforge_eagle3.py DRAFT_DIR INPUTS.safetensors OUT.json [SAVE_DIR]
 
 INPUTS holds ``ids`` (1, T) and ``aux`` (1, T, 3·H). OUT gets the loading report (missing / unexpected tensor
 names, warnings) and the logits of SpecForge's embed → fc → midlayer → compute_logits path (draft vocab, fp32).
@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from specforge.modeling.draft.llama3_eagle import LlamaForCausalLMEagle3, prepare_decoder_attention_mask
 
 
-def main(draft_dir: str, inputs: str, out: str) -> None:
+def main(draft_dir: str, inputs: str, out: str, save_dir: str | None = None) -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model, info = LlamaForCausalLMEagle3.from_pretrained(draft_dir, output_loading_info=True)
@@ -30,21 +30,39 @@ def main(draft_dir: str, inputs: str, out: str) -> None:
     tensors = load_file(inputs)
     ids, aux = tensors["ids"], tensors["aux"]
     t = ids.shape[1]
-    with torch.no_grad():
-        emb = model.embed_input_ids(ids)
-        hidden = model.project_hidden_states(aux)
-        mask = prepare_decoder_attention_mask(torch.ones(1, t, dtype=torch.bool), (1, t), hidden, 0)
-        hidden = model.backbone(emb, hidden, None, mask, torch.arange(t)[None], use_cache=False)
-        logits = model.compute_logits(hidden)
+
+    def logits_of(m):
+        with torch.no_grad():
+            emb = m.embed_input_ids(ids)
+            hidden = m.project_hidden_states(aux)
+            mask = prepare_decoder_attention_mask(torch.ones(1, t, dtype=torch.bool), (1, t), hidden, 0)
+            hidden = m.backbone(emb, hidden, None, mask, torch.arange(t)[None], use_cache=False)
+            return m.compute_logits(hidden)[0].tolist()
+
+    logits = logits_of(model)
     report = {"missing": sorted(set(info.get("missing_keys", [])) | (own - saved)),
               "unexpected": sorted(set(info.get("unexpected_keys", [])) | (saved - own)),
               "warnings": [str(w.message) for w in caught if "weight" in str(w.message).lower()],
               "aux_layer_ids": (getattr(model.config, "eagle_config", None) or {}).get(
                   "eagle_aux_hidden_state_layer_ids"),
-              "logits": logits[0].tolist()}
+              "logits": logits}
+    if save_dir:
+        report["saved_logits"] = resave(model, save_dir, logits_of)
     with open(out, "w") as f:
         json.dump(report, f)
 
 
+def resave(model, save_dir: str, logits_of) -> list:
+    """Change every weight a little (seeded), save with the client's own ``save_pretrained`` to ``save_dir`` and
+    return the changed model's logits: a checkpoint written by the client, for draftsmith's reader."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.is_floating_point():
+                p.add_(torch.randn_like(p) * 0.01)
+    model.save_pretrained(save_dir)
+    return logits_of(model)
+
+
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    main(*sys.argv[1:5])
