@@ -15,7 +15,7 @@ from typing import Any, Sequence
 from draftsmith import DraftSpec, resolve_draft_spec
 from draftsmith.conventions import validate_layer_ids
 from draftsmith.errors import ConfigError
-from draftsmith.formats import FormatSpec
+from draftsmith.formats import INPUT_OF_LAYER, FormatSpec
 from draftsmith.views import DraftRegistryView
 
 ARCHITECTURES = (
@@ -33,9 +33,48 @@ SPECS = (
 )
 
 # -- checkpoint formats (writers in export.py, readers in readers.py; docs/formats.md) ---------------------------
+def _archs(config: dict[str, Any]) -> list[str]:
+    return list(config.get("architectures") or [])
+
+
+def _native(config: dict[str, Any]) -> bool:
+    """Our own layout (a ``draftsmith`` block): load_draft reads it natively, no detector may claim it."""
+    return isinstance(config.get("draftsmith"), dict)
+
+
+def is_vllm_dspark(config: dict[str, Any]) -> bool:
+    """``Qwen3DSparkModel`` without draftsmith metadata: our ``vllm`` export, DeepSpec / NeMo checkpoints."""
+    return ("Qwen3DSparkModel" in _archs(config) and not _native(config)
+            and "speculators_model_type" not in config)
+
+
+def is_sglang_dspark(config: dict[str, Any]) -> bool:
+    """SGLang / SpecForge ``DSparkDraftModel`` (not the speculators layout, which shares the class name)."""
+    return ("DSparkDraftModel" in _archs(config) and not _native(config)
+            and "speculators_model_type" not in config)
+
+
+def is_speculators_dspark(config: dict[str, Any]) -> bool:
+    return config.get("speculators_model_type") == "dspark" and not _native(config)
+
+
 FORMATS = (
     FormatSpec("dspark", "native", writer="draftsmith_dspark.export:export_native", clients=("draftsmith",),
                summary="Qwen3DSparkModel (NeMo AutoModel / DeepSpec layout) with draftsmith metadata"),
+    FormatSpec("dspark", "vllm", writer="draftsmith_dspark.export:export_vllm",
+               reader="draftsmith_dspark.readers:read_vllm", detect="draftsmith_dspark.registry:is_vllm_dspark",
+               clients=("vLLM",),  # the file holds out(k); vLLM adds 1 (= the in(k) it captures)
+               summary="Qwen3DSparkModel: target_layer_ids out(k) (vLLM reads +1), sample_from_anchor true, "
+                       "dspark_bonus_anchor false, vanilla Markov head only"),
+    FormatSpec("dspark", "sglang", writer="draftsmith_dspark.export:export_sglang",
+               reader="draftsmith_dspark.readers:read_sglang", detect="draftsmith_dspark.registry:is_sglang_dspark",
+               clients=("SGLang", "SpecForge"),
+               summary="DSparkDraftModel: dflash_config + dspark_config (ids out(k)), no embed_tokens/lm_head"),
+    FormatSpec("dspark", "speculators", writer="draftsmith_dspark.export:export_speculators",
+               reader="draftsmith_dspark.readers:read_speculators",
+               detect="draftsmith_dspark.registry:is_speculators_dspark", clients=("speculators", "vLLM"),
+               layer_id_convention=INPUT_OF_LAYER,
+               summary="speculators dspark (`vllm serve DIR`): transformer_layer_config, aux ids in(k), verifier"),
 )
 
 DSPARK_DRAFT_REGISTRY = DraftRegistryView("dspark")
