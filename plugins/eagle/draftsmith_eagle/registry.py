@@ -57,6 +57,9 @@ def is_speculators_eagle3(config: dict[str, Any]) -> bool:
 FORMATS = (
     FormatSpec("eagle1", "native", writer="draftsmith_eagle.export:export_native", clients=("draftsmith",),
                summary="draftsmith's EAGLE-1/2 layout (NeMo AutoModel's); no serving engine reads it"),
+    *(FormatSpec("eagle1", name, writer="draftsmith_eagle.export:refuse_eagle1_engine", clients=(client,),
+                 summary=f"refused: {client}'s EAGLE-1 loader has no layer-0 input_layernorm and no final norm")
+      for name, client in (("vllm", "vLLM"), ("sglang", "SGLang"))),
     FormatSpec("eagle3", "native", writer="draftsmith_eagle.export:export_native", clients=("draftsmith",),
                summary="LlamaForCausalLMEagle3 layout with draftsmith metadata (any depth)"),
     FormatSpec("eagle3", "sglang", writer="draftsmith_eagle.export:export_sglang",

@@ -122,3 +122,14 @@ def test_an_unknown_layout_names_the_readable_formats(tmp_path):
     save_file({"w": torch.ones(1)}, str(tmp_path / "model.safetensors"))
     with pytest.raises(DraftsmithError, match=r"readable formats: .*eagle3/speculators"):
         draftsmith.load_draft(tmp_path)
+
+
+@pytest.mark.parametrize("fmt", ["vllm", "sglang"])
+def test_eagle1_engine_formats_are_refused_with_the_reason(eagle, tmp_path, fmt):
+    from draftsmith_eagle.export import refuse_eagle1_engine
+
+    writer = draftsmith.get_registry().get_format("eagle2", fmt).load_writer()  # eagle2 shares eagle1's formats
+    assert writer is refuse_eagle1_engine
+    with pytest.raises(ConfigError, match="input_layernorm and no final norm"):
+        writer(eagle.make_eagle1(eagle.target_config()), tmp_path / fmt)
+    assert not (tmp_path / fmt).exists()
