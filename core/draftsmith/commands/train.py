@@ -28,6 +28,7 @@ FLAG_KEYS = {
     "lr": "train.lr",
     "offline_features": "train.offline_features",
     "resume": "train.resume",
+    "init_from": "train.init_from",
 }
 
 
@@ -56,6 +57,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--batch-size", type=int, help="micro-batch rows per process (train.batch_size)")
     parser.add_argument("--lr", type=float, help="peak learning rate (train.lr)")
     parser.add_argument("--offline-features", help="train from this prepare-features cache (train.offline_features)")
+    parser.add_argument("--init-from", metavar="DRAFT_DIR",
+                        help="fine-tune this draft (ours, an engine export or a public checkpoint) instead of a fresh "
+                             "one (train.init_from)")
     parser.add_argument("--resume", nargs="?", const="latest", metavar="CHECKPOINT",
                         help="continue from the latest valid checkpoint in the output dir, or from CHECKPOINT")
     parser.epilog = help_text()

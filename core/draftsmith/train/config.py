@@ -79,6 +79,8 @@ class TrainLoopConfig:
     output_dir: str = _field("runs/draft", "run directory: checkpoints/, metrics.jsonl, final/ (the trained draft)")
     resume: str | None = _field(None, "resume: 'latest' (newest valid checkpoint under output_dir) or a checkpoint "
                                 "directory; unset = fresh run")
+    init_from: str | None = _field(None, "warm start: fine-tune the draft in this directory (any layout "
+                                   "draftsmith.load_draft reads: ours, an engine export, a public checkpoint)")
     overwrite: bool = _field(False, "allow a fresh run in an output_dir that already holds checkpoints (deletes them)")
     offline_features: str | None = _field(None, "train from a `draftsmith prepare-features` cache instead of "
                                           "running the target")

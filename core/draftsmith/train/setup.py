@@ -152,7 +152,12 @@ def build_setup(config: RunConfig, info: DistInfo, device: torch.device, *,
             shard_target(target, info)
 
     draft_options, objective_options = method.route_options(config.draft, config.method_options)
-    draft = build_draft(spec, target_config, draft_options, config.train.seed).to(device)
+    if config.train.init_from:
+        from .warm_start import warm_start_draft
+
+        draft = warm_start_draft(config.train.init_from, method, spec, target_config, draft_options).to(device)
+    else:
+        draft = build_draft(spec, target_config, draft_options, config.train.seed).to(device)
     objective = build_objective(method, draft, heads, objective_options)
     request = objective.target_request()
     setup = Setup(config=config, dist=info, device=device, method=method, spec=spec, target_config=target_config,
