@@ -44,6 +44,20 @@ import draftsmith
 def draftsmith_register_drafts(registry):
     registry.register({"method": "x"})
 """, "TypeError: registry.register() expects a DraftSpec"),
+    "format_without_detect": ("""
+import draftsmith
+
+@draftsmith.hookimpl
+def draftsmith_register_formats(registry):
+    registry.register_format(draftsmith.FormatSpec("good", "engine", reader="x:read"))
+""", "ValueError: format good/engine has a reader but no detect function"),
+    "registers_a_dict_format": ("""
+import draftsmith
+
+@draftsmith.hookimpl
+def draftsmith_register_formats(registry):
+    registry.register_format({"method": "good", "name": "engine"})
+""", "TypeError: registry.register_format() expects a draftsmith.formats.FormatSpec"),
     "hook_raises": ("""
 import draftsmith
 
@@ -149,3 +163,39 @@ def test_importing_draftsmith_discovers_nothing_and_imports_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+FORMAT_PLUGIN = """
+import draftsmith
+
+def detect(config):
+    return config.get("architectures") == ["EngineLayout"]
+
+def read(path, config):
+    return ("read", str(path), config["architectures"][0])
+
+def write(draft, out_dir, **options):
+    return out_dir
+
+@draftsmith.hookimpl
+def draftsmith_register_formats(registry):
+    registry.register_format(draftsmith.FormatSpec("good", "engine", writer=write, reader=read, detect=detect,
+                                                   clients=("Engine",)))
+"""
+
+
+def test_a_plugin_adds_a_format_to_another_plugins_method_and_a_second_one_conflicts(plugin_dir):
+    write_module(plugin_dir, "format_plugin", FORMAT_PLUGIN)
+    write_module(plugin_dir, "format_plugin_2", FORMAT_PLUGIN)
+    pm = PluginManager([FakeEntryPoint("good", "good_plugin"), FakeEntryPoint("fmt", "format_plugin", dist="eng-fmt")],
+                       strict=False, disabled=())
+    fmt = pm.registry.get_format("good", "engine")
+    assert (fmt.plugin, fmt.distribution, fmt.clients) == ("fmt", "eng-fmt", ("Engine",))
+    assert pm.registry.detect_format({"architectures": ["EngineLayout"]}) is fmt
+    assert pm.registry.detect_format({"architectures": ["Other"]}) is None
+    with pytest.raises(draftsmith.ConfigError, match="has no 'vllm' format; its formats: engine"):
+        pm.registry.get_format("good", "vllm")
+    two = PluginManager([FakeEntryPoint("good", "good_plugin"), FakeEntryPoint("fmt", "format_plugin", dist="eng-a"),
+                         FakeEntryPoint("fmt2", "format_plugin_2", dist="eng-b")], strict=False, disabled=())
+    with pytest.raises(draftsmith.DraftConflictError, match="eng-a.*eng-b"):
+        two.registry.get_format("good", "engine")

@@ -89,3 +89,39 @@ def test_template_medusa_method_trains_and_drafts(installed_template, monkeypatc
     drafter.start(ids[:1, :5], run_target(target, drafter.target_request(), ids[:1, :5])[0])
     proposal = drafter.propose(anchor=int(ids[0, 5]), num_tokens=2)
     assert proposal.tokens.shape == (2,) and proposal.tokens.dtype == torch.long
+
+
+def test_template_adds_a_format_that_exports_and_reads_back(installed_template, cli_env, monkeypatch, tmp_path):
+    """A third-party format through draftsmith_register_formats: listed, written by `draftsmith export`, detected
+    and read back by draftsmith.load_draft (no draftsmith metadata in the directory)."""
+    monkeypatch.syspath_prepend(str(installed_template))
+    import importlib
+    importlib.invalidate_caches()
+    import torch
+    from transformers import Qwen3Config
+
+    import draftsmith
+    from draftsmith.checkpoint import save_draft
+    from draftsmith.testing import scramble
+
+    draftsmith.reset_plugins()
+    env = dict(cli_env, PYTHONPATH=str(installed_template), DRAFTSMITH_STRICT_PLUGINS="1")
+    methods = {m["name"]: m for m in json.loads(run_cli(["plugins", "--json"], env=env).stdout)["methods"]}
+    assert methods["medusa"]["export_formats"] == ["heads", "native"] and methods["medusa"]["read_formats"] == ["heads"]
+    heads = next(f for f in methods["medusa"]["formats"] if f["name"] == "heads")
+    assert heads["distribution"] == "draftsmith-example-plugin" and heads["reads"] and heads["writes"]
+
+    tc = Qwen3Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                     num_key_value_heads=2, head_dim=8)
+    tc.architectures = ["Qwen3ForCausalLM"]
+    draft = scramble(draftsmith.resolve_draft_spec("medusa", tc.architectures).build(tc, num_heads=2), 0)
+    save_draft(draft, tmp_path / "native")
+    res = run_cli(["export", "--draft", str(tmp_path / "native"), "--format", "heads", "--out", str(tmp_path / "h")],
+                  env=env)
+    assert res.returncode == 0, res.stderr
+    assert "draftsmith" not in json.loads((tmp_path / "h" / "config.json").read_text())
+    read = draftsmith.load_draft(tmp_path / "h")
+    assert draftsmith.checkpoint.read_draft_metadata(tmp_path / "h")["format"] == "heads"
+    ours, theirs = draft.state_dict(), read.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    draftsmith.reset_plugins()

@@ -8,7 +8,7 @@ option tables, torch-free), ``config.py`` (draft config), ``draft_<name>.py`` (t
 from __future__ import annotations
 
 import draftsmith
-from draftsmith import MethodSpec
+from draftsmith import FormatSpec, MethodSpec
 
 from .registry import DRAFT_OPTIONS, DRAFTER_OPTIONS, OBJECTIVE_OPTIONS, SPECS
 
@@ -29,3 +29,12 @@ def draftsmith_register_methods(registry):
         export_formats={"native": "draftsmith_example_plugin.export:export_native"},
         draft_options=DRAFT_OPTIONS, objective_options=OBJECTIVE_OPTIONS, drafter_options=DRAFTER_OPTIONS,
     ))
+
+
+@draftsmith.hookimpl
+def draftsmith_register_formats(registry):
+    registry.register_format(FormatSpec(
+        "medusa", "heads", writer="draftsmith_example_plugin.export:export_heads",
+        reader="draftsmith_example_plugin.export:read_heads",
+        detect="draftsmith_example_plugin.export:is_heads_layout", clients=("an engine reading bare heads",),
+        summary="heads.{k}.weight/bias + a small config.json, no draftsmith metadata"))
