@@ -125,3 +125,44 @@ def test_dflash_traps(world):
     assert any("causal DFlash draft with full-attention layers: SGLang would run its blocks bidirectionally" in p
                for p in problems)
     assert check_export(causal, engine="zlab")[1] == []  # z-lab reads is_causal / dflash_config.causal
+
+
+@pytest.fixture(scope="module")
+def dspark_dirs(world):
+    from transformers import AutoModelForCausalLM
+
+    from draftsmith_dspark.draft_qwen3 import Qwen3DSparkModel
+    from draftsmith_dspark.export import export_sglang, export_speculators, export_vllm
+
+    target = AutoModelForCausalLM.from_pretrained(world["target"])
+    from draftsmith.testing import scramble
+
+    draft = scramble(Qwen3DSparkModel(Qwen3DSparkModel.build_draft_config(  # scrambled: as if trained
+        target.config, mask_token_id=3, num_draft_layers=2, target_layer_ids=[1, 5])), 0)
+    draft.copy_embeddings_from_target(target.get_input_embeddings(), target.lm_head)
+    root = world["root"]
+    return {"vllm": export_vllm(draft, root / "dspark-vllm"), "sglang": export_sglang(draft, root / "dspark-sglang"),
+            "speculators": export_speculators(draft, root / "dspark-spec", target=str(world["target"]))}
+
+
+def test_dspark_exports_pass_and_their_traps_are_reported(world, dspark_dirs, tmp_path):
+    import shutil
+
+    expected = {"vllm": ("dspark", "vllm"), "sglang": ("dspark-sglang", "sglang"),
+                "speculators": ("dspark-speculators", "vllm")}
+    for fmt, (layout, engine) in expected.items():
+        assert check_export(dspark_dirs[fmt], engine=engine, target=str(world["target"])) == (layout, []), fmt
+    out = shutil.copytree(dspark_dirs["vllm"], tmp_path / "no-anchor")
+    _edit_config(out, sample_from_anchor=None, dspark_bonus_anchor=None)
+    problems = check_export(out, engine="vllm")[1]
+    assert any("sample_from_anchor is None, expected True" in p for p in problems)  # vllm#56792
+    assert any("dspark_bonus_anchor is missing" in p for p in problems)
+    out = shutil.copytree(dspark_dirs["speculators"], tmp_path / "gated")
+    _edit_config(out, markov_head_type="gated")
+    assert check_export(out, engine="speculators")[1] == []  # speculators trains gated heads ...
+    assert any("serves only 'vanilla'" in p for p in check_export(out, engine="vllm")[1])  # ... vLLM does not
+    _edit_config(out, aux_hidden_state_layer_ids=[2, 8])  # in(8) on an 8-layer target
+    assert any("cannot be captured" in p for p in check_export(out, target=str(world["target"]))[1])
+    out = shutil.copytree(dspark_dirs["sglang"], tmp_path / "no-dspark-config")
+    _edit_config(out, dspark_config=None)
+    assert any("dspark_config is missing" in p for p in check_export(out, engine="sglang")[1])

@@ -24,17 +24,26 @@ from .errors import DraftsmithError
 from .formats import FORMATS, INPUT_OF_LAYER, sglang_dflash_causality_problem, uncapturable_ids
 
 # engine (``--engine``) -> the layouts it reads
-ENGINE_LAYOUTS = {"vllm": {"eagle3-vllm", "eagle3-speculators", "dflash"}, "sglang": {"eagle3-sglang", "dflash"},
-                  "specforge": {"eagle3-sglang", "dflash"}, "speculators": {"eagle3-speculators"},
+ENGINE_LAYOUTS = {"vllm": {"eagle3-vllm", "eagle3-speculators", "dflash", "dflash-speculators", "dspark",
+                           "dspark-speculators"},
+                  "sglang": {"eagle3-sglang", "dflash", "dspark-sglang"},
+                  "specforge": {"eagle3-sglang", "dflash", "dspark-sglang"},
+                  "speculators": {"eagle3-speculators", "dflash-speculators", "dspark-speculators"},
                   "zlab": {"dflash"}}
+# export --format F checks its directory as read by this engine (None: no engine-specific rule)
+FORMAT_ENGINE = {"vllm": "vllm", "sglang": "sglang", "speculators": "speculators", "zlab": "zlab"}
 
 
 def detect_layout(config: dict[str, Any]) -> str | None:
-    """``eagle3-speculators`` / ``eagle3-vllm`` / ``eagle3-sglang`` / ``dflash`` / ``dspark`` / ``eagle1``, or None
-    for a layout check-export does not know (e.g. a third-party format)."""
+    """``eagle3-speculators`` / ``eagle3-vllm`` / ``eagle3-sglang`` / ``dflash`` / ``dflash-speculators`` /
+    ``dspark`` (vLLM's and the native ``Qwen3DSparkModel``) / ``dspark-sglang`` / ``dspark-speculators`` /
+    ``eagle1``, or None for a layout check-export does not know (e.g. a third-party format)."""
     archs = config.get("architectures") or []
-    if config.get("speculators_model_type") == "eagle3":
-        return "eagle3-speculators"
+    kind = config.get("speculators_model_type")
+    if kind in ("eagle3", "dflash", "dspark"):
+        return f"{kind}-speculators"
+    if "DSparkDraftModel" in archs:
+        return "dspark-sglang"
     if "Eagle3LlamaForCausalLM" in archs:
         return "eagle3-vllm"
     if "LlamaForCausalLMEagle3" in archs:
@@ -50,6 +59,11 @@ def detect_layout(config: dict[str, Any]) -> str | None:
 
 def _ids(config: dict[str, Any], layout: str) -> tuple[list[int] | None, str]:
     """The captured ids the engine reads, in draftsmith's output-of-layer convention, and where they were."""
+    if layout in ("dflash-speculators", "dspark-speculators"):  # speculators: in(k)
+        ids = config.get("aux_hidden_state_layer_ids")
+        return (None if ids is None else [int(i) - 1 for i in ids]), "aux_hidden_state_layer_ids"
+    if layout == "dspark-sglang":
+        return (config.get("dflash_config") or {}).get("target_layer_ids"), "dflash_config.target_layer_ids"
     if layout == "eagle3-speculators" or layout == "eagle3-vllm":
         ids = config.get("eagle_aux_hidden_state_layer_ids")
         fmt = "speculators" if layout == "eagle3-speculators" else "vllm"
@@ -93,7 +107,7 @@ def _vocab_problems(config: dict[str, Any], state: dict[str, Any], layout: str) 
         if layout == "eagle3-sglang":
             problems.append("no d2t/t2d: SpecForge leaves them uninitialised (write identity maps)")
         return problems
-    if layout == "eagle3-speculators" and draft_vocab == vocab:
+    if layout.endswith("-speculators") and draft_vocab == vocab:
         problems.append("d2t/t2d on a full-vocabulary head: speculators rejects them")
     if d2t.numel() != draft_vocab or t2d.numel() != vocab:
         problems.append(f"d2t has {d2t.numel()} entries (draft vocab {draft_vocab}), t2d {t2d.numel()} (vocab {vocab})")
@@ -118,12 +132,13 @@ def _layout_problems(config: dict[str, Any], names: set[str], layout: str, engin
             problems.append("tensors named midlayer.*/additional_layers.*: this engine reads layers.{i}.*")
         if "norm_before_residual" not in config:
             problems.append("norm_before_residual is absent: vLLM's speculators path defaults it to true")
-    if layout == "eagle3-speculators":
+    if layout.endswith("-speculators"):
         verifier = (config.get("speculators_config") or {}).get("verifier") or {}
         if not verifier.get("name_or_path"):
             problems.append("speculators_config.verifier.name_or_path is empty: speculators' loader needs it")
         if "transformer_layer_config" not in config:
             problems.append("transformer_layer_config is missing")
+    problems += _block_layout_problems(config, names, layout, engine)
     if layout == "dflash":
         dflash = config.get("dflash_config") or {}
         for key in ("mask_token_id", "target_layer_ids", "block_size"):
@@ -137,6 +152,34 @@ def _layout_problems(config: dict[str, Any], names: set[str], layout: str, engin
                                                     config.get("layer_types") or [])
         if engine in ("sglang", "specforge") and causality:
             problems.append(causality)
+    return problems
+
+
+def _block_layout_problems(config: dict[str, Any], names: set[str], layout: str, engine: str | None) -> list[str]:
+    """DFlash / DSpark rules beyond the z-lab layout: the block convention flag (``sample_from_anchor``: true for
+    DSpark, false for DFlash — a DSpark draft served without it accepts < 1 %, vllm#56792), the mask token, the
+    head types vLLM serves, the SGLang ``dspark_config`` block."""
+    problems = []
+    wants_anchor = {"dflash-speculators": False, "dspark-speculators": True}.get(layout)
+    if layout == "dspark" and engine == "vllm":
+        wants_anchor = True
+        if "dspark_bonus_anchor" not in config:
+            problems.append("dspark_bonus_anchor is missing: vLLM reads the block convention from it")
+    if wants_anchor is not None and config.get("sample_from_anchor") is not wants_anchor:
+        problems.append(f"sample_from_anchor is {config.get('sample_from_anchor')!r}, expected {wants_anchor} "
+                        f"for {'DSpark' if wants_anchor else 'DFlash'} (the block convention; a wrong or missing "
+                        f"flag serves at acceptance ~1 with no error)")
+    if layout in ("dspark", "dspark-speculators") and engine == "vllm":  # speculators itself trains gated heads
+        if int(config.get("markov_rank") or 0) > 0 and config.get("markov_head_type", "vanilla") != "vanilla":
+            problems.append(f"markov_head_type {config.get('markov_head_type')!r}: vLLM serves only 'vanilla'")
+    if layout.endswith("-speculators") and layout != "eagle3-speculators" and config.get("mask_token_id") is None:
+        problems.append("mask_token_id is missing")
+    if layout == "dspark-sglang":
+        for key in ("dflash_config", "dspark_config"):
+            if not isinstance(config.get(key), dict):
+                problems.append(f"{key} is missing: SGLang reads the DSpark layout from it")
+        if (config.get("dflash_config") or {}).get("mask_token_id") is None:
+            problems.append("dflash_config.mask_token_id is missing")
     return problems
 
 
@@ -160,11 +203,12 @@ def _target_problems(config: dict[str, Any], state: dict[str, Any], layout: str,
             problems.append(f"layer ids {bad} (output-of-layer) cannot be captured on this {n}-layer target: "
                             f"engines capture out(-1)..out({n - 2}) only")
     text = text_config(target_config)
-    if layout == "dflash":
+    if layout.startswith(("dflash", "dspark")):
         from .conventions import validate_mask_token_for
 
+        mask = (config.get("dflash_config") or {}).get("mask_token_id", config.get("mask_token_id"))
         try:
-            validate_mask_token_for((config.get("dflash_config") or {}).get("mask_token_id"), target_config)
+            validate_mask_token_for(mask, target_config)
         except DraftsmithError as exc:
             problems.append(str(exc))
     embed = state.get("embed_tokens.weight")
@@ -213,7 +257,7 @@ def check_export(path: str | Path, engine: str | None = None, target: str | None
     if ids is None and layout != "eagle1":
         problems.append(f"{where} is missing: the engine would capture its default layers silently")
     problems += _layout_problems(config, set(state), layout, engine)
-    if layout.startswith("eagle3"):
+    if layout.startswith("eagle3") or layout.endswith("-speculators"):
         problems += _vocab_problems(config, state, layout)
     problems += _tensor_problems(state)
     if target is not None:

@@ -35,19 +35,20 @@ def run(args) -> int:
     draft = load_draft(args.draft)
     options = {"target": args.target} if args.target else {}
     fmt.load_writer()(draft, out, **options)
-    problems = _check(out)
+    problems = _check(out, args.fmt)
     if problems:
         raise ConfigError(f"the {args.fmt!r} export in {out} has problems: " + "; ".join(problems))
     print(f"exported {block['method']} draft to {out} ({args.fmt})")
     return 0
 
 
-def _check(out) -> list[str]:
-    """check-export's problems for layouts it knows (a third-party format it does not know is not judged)."""
+def _check(out, fmt: str) -> list[str]:
+    """check-export's problems for layouts it knows, as the format's engine reads them (a third-party format it
+    does not know is not judged)."""
     from draftsmith.conventions import read_config_json
     from draftsmith.errors import DraftsmithError
-    from draftsmith.export_check import check_export, detect_layout
+    from draftsmith.export_check import FORMAT_ENGINE, check_export, detect_layout
 
     if detect_layout(read_config_json(out, what="export directory", error=DraftsmithError)) is None:
         return []
-    return check_export(out)[1]
+    return check_export(out, engine=FORMAT_ENGINE.get(fmt))[1]
