@@ -58,7 +58,7 @@ SGLANG_ARCHITECTURE = "DSparkDraftModel"  # SpecForge's DRAFT_REGISTRY key (mode
 SPECULATORS_ARCHITECTURE = "DSparkDraftModel"  # what speculators 0.9.0's save_pretrained writes
 SPECULATORS_VERSION = "0.9.0"
 # ``draftsmith_export`` keys that describe the export itself (readers drop them to rebuild our block)
-EXPORT_ONLY_KEYS = ("exported_for", "engine_layer_ids", "engine_layer_id_convention", "num_anchors",
+EXPORT_ONLY_KEYS = ("format", "exported_for", "engine_layer_ids", "engine_layer_id_convention", "num_anchors",
                     "freeze_embeddings")
 
 
@@ -256,7 +256,7 @@ def _export_block(model: Any, fmt: str, ids: list[int]) -> dict[str, Any]:
     format's reader), plus the engine ids and the fields no client stores."""
     cfg = model.config
     block = dict(getattr(cfg, "draftsmith", None) or {})
-    block.update(exported_for=fmt, engine_layer_ids=list(ids),
+    block.update(format=fmt, exported_for=fmt, engine_layer_ids=list(ids),
                  engine_layer_id_convention=FORMATS[fmt].layer_id_convention,
                  num_anchors=int(cfg.num_anchors), freeze_embeddings=bool(cfg.freeze_embeddings))
     return block
