@@ -8,7 +8,9 @@ Registered as the ``reader`` of the ``sglang``, ``vllm`` and ``speculators`` for
 * ``vllm`` — ``Eagle3LlamaForCausalLM``: ``layers.{i}.*``, ids ``in(k)`` in the top-level
   ``eagle_aux_hidden_state_layer_ids``;
 * ``speculators`` — ``speculators_model_type: eagle3``: the layer config in ``transformer_layer_config``, ids
-  ``in(k)``, ``norm_before_residual`` / ``norm_before_fc`` (read with speculators' defaults).
+  ``in(k)``, ``norm_before_residual`` / ``norm_before_fc`` (read with speculators' defaults);
+* ``nemo`` (EAGLE-1) — NeMo AutoModel's ``LlamaEagleDraftModel`` save without draftsmith metadata (the layout our
+  EAGLE-1 head shares: ``embed_tokens``, ``fc`` (+ bias), ``layers.{i}.*``, ``norm``).
 
 Every tensor of the file must land on a parameter and every parameter must be in the file (strict); what our
 head cannot reproduce (a norm before the residual or before ``fc``, a permuted full vocabulary, a checkpoint
@@ -27,7 +29,7 @@ from draftsmith.checkpoint import EXPORT_METADATA_KEY, draft_metadata
 from draftsmith.conventions import draft_fields
 from draftsmith.errors import ConfigError, DraftsmithError
 
-from .config import LlamaEagle3Config
+from .config import LlamaEagle3Config, LlamaEagleConfig
 from .draft_llama import DRAFT_CLASS, LlamaEagle3DraftModel
 
 
@@ -62,6 +64,25 @@ def read_speculators(path: Path, config: dict[str, Any]) -> LlamaEagle3DraftMode
     ids = config.get("eagle_aux_hidden_state_layer_ids")
     ids = None if ids is None else [int(i) - 1 for i in ids]  # in(k) → out(k)
     return _build(path, config, layer, ids, rename=_from_engine_layers, fmt="speculators")
+
+
+def read_nemo_eagle1(path: Path, config: dict[str, Any]) -> Any:
+    """An EAGLE-1 head in NeMo AutoModel's layout (no draftsmith block); the depth is ``draft_num_hidden_layers``
+    (NeMo's name) or ``num_hidden_layers``, the fc bias whatever the file holds."""
+    from transformers import LlamaConfig
+
+    from .draft_llama_v12 import DRAFT_CLASS as EAGLE1_CLASS
+    from .draft_llama_v12 import LlamaEagleDraftModel
+
+    state = load_file(str(path / "model.safetensors"))
+    fields = draft_fields(LlamaConfig(**{k: v for k, v in config.items() if k not in ("architectures", "auto_map")}))
+    depth = int(config.get("draft_num_hidden_layers") or config.get("num_hidden_layers") or 1)
+    cfg = LlamaEagleConfig(**{**fields, "num_hidden_layers": depth}, fc_bias="fc.bias" in state, target_layer_ids=[])
+    cfg.draftsmith = {**draft_metadata("eagle1", EAGLE1_CLASS, None, target_layer_ids=[]),
+                      "feature": "final_hidden (post-final-norm)", "read_from": "nemo"}
+    model = LlamaEagleDraftModel(cfg)
+    load_strict(model, state, path)
+    return model.eval()
 
 
 def _from_engine_layers(name: str) -> str:

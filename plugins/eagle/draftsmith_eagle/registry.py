@@ -54,9 +54,17 @@ def is_speculators_eagle3(config: dict[str, Any]) -> bool:
     return config.get("speculators_model_type") == "eagle3"
 
 
+def is_nemo_eagle1(config: dict[str, Any]) -> bool:
+    """NeMo AutoModel's EAGLE-1 save (``LlamaEagleDraftModel``) without draftsmith metadata."""
+    return "LlamaEagleDraftModel" in (config.get("architectures") or []) and "draftsmith" not in config
+
+
 FORMATS = (
     FormatSpec("eagle1", "native", writer="draftsmith_eagle.export:export_native", clients=("draftsmith",),
                summary="draftsmith's EAGLE-1/2 layout (NeMo AutoModel's); no serving engine reads it"),
+    FormatSpec("eagle1", "nemo", reader="draftsmith_eagle.readers:read_nemo_eagle1",
+               detect="draftsmith_eagle.registry:is_nemo_eagle1", clients=("NeMo AutoModel",),
+               summary="read-only: NeMo AutoModel's LlamaEagleDraftModel save (the native layout without metadata)"),
     *(FormatSpec("eagle1", name, writer="draftsmith_eagle.export:refuse_eagle1_engine", clients=(client,),
                  summary=f"refused: {client}'s EAGLE-1 loader has no layer-0 input_layernorm and no final norm")
       for name, client in (("vllm", "vLLM"), ("sglang", "SGLang"))),

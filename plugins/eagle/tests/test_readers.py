@@ -133,3 +133,22 @@ def test_eagle1_engine_formats_are_refused_with_the_reason(eagle, tmp_path, fmt)
     with pytest.raises(ConfigError, match="input_layernorm and no final norm"):
         writer(eagle.make_eagle1(eagle.target_config()), tmp_path / fmt)
     assert not (tmp_path / fmt).exists()
+
+
+@pytest.mark.parametrize("fc_bias", [False, True])
+def test_nemo_eagle1_save_without_our_metadata_is_read(eagle, tmp_path, fc_bias):
+    """NeMo AutoModel saves the same EAGLE-1 layout without a draftsmith block: read it, outputs identical."""
+    draft = eagle.make_eagle1(eagle.target_config(), draft_num_hidden_layers=2, fc_bias=fc_bias).eval()
+    draft.save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    del cfg["draftsmith"]
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    assert read_draft_metadata(tmp_path)["format"] == "nemo"
+    read = draftsmith.load_draft(tmp_path)
+    ours, theirs = draft.state_dict(), read.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    ids, feats = torch.randint(0, 128, (1, 7)), torch.randn(1, 7, 64)
+    with torch.no_grad():
+        assert_close(read(ids, feats), draft(ids, feats), rtol=0, atol=0)
+    with pytest.raises(ConfigError, match="read but not written|no .?nemo.? format|read-only"):
+        draftsmith.get_registry().get_format("eagle1", "nemo").load_writer()
