@@ -1,4 +1,5 @@
-"""DFlash export: the z-lab / vLLM (``dflash``) / SGLang checkpoint (peers-and-formats.md §2.4).
+"""DFlash export: the z-lab / vLLM (``dflash``) / SGLang checkpoint (peers-and-formats.md §2.4), and the vLLM
+``speculators`` layout.
 
 ``save_pretrained`` already writes that layout, so exporting is saving plus checking what the engines parse:
 ``architectures == ["DFlashDraftModel"]``, ``model_type: qwen3``, ``block_size``, ``dflash_config
@@ -6,18 +7,24 @@
 ``num_target_layers``, one ``layer_types`` entry per draft layer, and exactly the tensors ``layers.*``,
 ``fc.weight``, ``hidden_norm.weight``, ``norm.weight`` — no embedding, no lm_head (engines share the
 target's). Written by :func:`draftsmith.checkpoint.save_draft`: non-finite weights are refused (an engine
-would load them silently), the draft inside DDP/FSDP wrappers is saved.
+would load them silently), the draft inside DDP/FSDP wrappers is saved. The ``native``, ``zlab`` and ``vllm``
+formats are this layout; ``sglang`` refuses what SGLang would run with other in-block causality.
+
+``speculators`` (:func:`export_speculators`) is what speculators 0.9.0's ``DFlashDraftModel.from_pretrained``
+(``speculators/models/dflash/{config,core}.py``) loads without conversion and ``vllm serve DIR`` translates
+(``vllm/transformers_utils/configs/speculators/algos.py: update_dflash``); readers.py reads both layouts back.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from draftsmith.checkpoint import save_draft
 from draftsmith.conventions import read_config_json
 from draftsmith.errors import ConfigError, DraftsmithError
-from draftsmith.formats import sglang_dflash_causality_problem
+from draftsmith.formats import engine_layer_ids, sglang_dflash_causality_problem
 from draftsmith.nn.weights import unwrap_model
 
 from .config import NATIVE_ARCHITECTURE
@@ -77,3 +84,121 @@ def export_sglang(draft: Any, out_dir: str | Path, **options: Any) -> Path:
     if problem:
         raise ConfigError(f"the 'sglang' format cannot hold {problem}")
     return export_native(draft, out_dir, **options)
+
+
+# -- speculators -------------------------------------------------------------------------------------------------
+SPECULATORS_ARCHITECTURE = NATIVE_ARCHITECTURE  # what speculators' own save_pretrained writes (the class name)
+SPECULATORS_VERSION = "0.9.0"
+
+
+def export_speculators(draft: Any, out_dir: str | Path, *, target: str | None = None, **options: Any) -> Path:
+    """Write ``draft`` in the speculators 0.9.0 DFlash layout; ``target``: the verifier's directory or hub id
+    (default: where the draft's target was loaded from, the block's ``target_name_or_path``).
+
+    Rules (``speculators/models/dflash/{config,core}.py``; vLLM: ``configs/speculators/algos.py: update_dflash``):
+
+    * ``speculators_model_type: dflash``; the draft layer's Qwen3 config in ``transformer_layer_config``
+      (``num_hidden_layers`` = the draft depth); ``block_size``, ``mask_token_id``, ``draft_vocab_size`` (= the
+      target vocab: speculators' ``lm_head`` is then the verifier's), ``sample_from_anchor: false`` (DFlash: the
+      anchor is the bonus token, slots 1.. predict);
+    * ids ``in(k)`` (+1) in ``aux_hidden_state_layer_ids`` (:func:`draftsmith.formats.engine_layer_ids`, which
+      refuses the last layer); vLLM sets ``dflash_config.target_layer_ids`` = aux − 1 = ours;
+    * causality: speculators runs full-attention layers bidirectionally whatever the flags; vLLM sets
+      ``dflash_config.causal = not sliding_window_non_causal`` (absent → true → bidirectional), so
+      ``sliding_window_non_causal: true`` is written — an explicit ``false`` would make vLLM run the blocks
+      causally. A causal draft, and a sliding-window draft (speculators windows the context by anchor,
+      ``kv >= anchor − W``, we and vLLM by query, ``pos − kv < W``), are refused;
+    * tensors: ``layers.*``, ``fc``, ``hidden_norm``, ``norm`` only. ``embed_tokens``, ``lm_head``,
+      ``verifier_norm`` are the verifier's: speculators' loader reads them from the verifier directory
+      (``load_verifier_weights``, overwriting any saved copy), so nothing of the target is written and the
+      verifier must be reachable where it is named; no ``d2t``/``t2d`` (full vocabulary: none exist).
+    """
+    if options:
+        raise ConfigError(f"speculators export takes only the option 'target', got {sorted(options)}")
+    model = _require_dflash(draft)
+    cfg = model.config
+    _refuse_for_speculators(cfg)
+    block = dict(getattr(cfg, "draftsmith", None) or {})
+    n_target = block.get("target_num_hidden_layers") or cfg.num_target_layers
+    aux = engine_layer_ids(cfg.target_layer_ids, n_target, "speculators")
+    verifier = target or block.get("target_name_or_path")
+    if not verifier:  # speculators' loader reads the verifier's embedding, lm_head and final norm
+        raise ConfigError("the 'speculators' format names its verifier: pass --target with the target model's "
+                          "directory or hub id (this draft does not record where its target was loaded from)")
+    text = {
+        "architectures": [SPECULATORS_ARCHITECTURE], "speculators_model_type": "dflash",
+        "speculators_version": SPECULATORS_VERSION, "transformer_layer_config": _layer_config(cfg),
+        "draft_vocab_size": cfg.vocab_size, "target_hidden_size": cfg.hidden_size, "block_size": cfg.block_size,
+        "aux_hidden_state_layer_ids": aux, "mask_token_id": cfg.mask_token_id,
+        "sliding_window_non_causal": True, "sample_from_anchor": False,
+        "speculators_config": {
+            "algorithm": "dflash", "default_proposal_method": "greedy",
+            "proposal_methods": [{"proposal_type": "greedy", "speculative_tokens": cfg.block_size - 1}],
+            "verifier": {"name_or_path": str(verifier), "architectures": list(block.get("target_architectures") or [])},
+        },
+        "torch_dtype": str(model.dtype).split(".")[-1],
+        "draftsmith_export": {**block, "exported_for": "speculators", "engine_layer_ids": aux,
+                              "engine_layer_id_convention": "input-of-layer", "target_num_hidden_layers": n_target},
+    }
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(text, indent=2, sort_keys=True) + "\n")
+    _save_body(model, out)
+    return out
+
+
+def _refuse_for_speculators(cfg: Any) -> None:
+    """One line for each draft speculators' DFlashDraftModel would run differently."""
+    if cfg.draft_sliding_window is not None:
+        raise ConfigError("the 'speculators' format cannot hold a sliding-window DFlash draft: speculators "
+                          "(models/dflash/attention.py) windows the context by anchor (kv >= anchor - W), draftsmith, "
+                          "z-lab and vLLM by query (pos - kv < W); use --format vllm or zlab")
+    if cfg.causal:
+        raise ConfigError("the 'speculators' format cannot hold a causal DFlash draft: speculators runs "
+                          "full-attention blocks bidirectionally whatever its flags; use --format vllm or zlab")
+    if float(getattr(cfg, "partial_rotary_factor", None) or 1.0) != 1.0:
+        raise ConfigError("the 'speculators' format cannot hold partial rotary (speculators' DFlash attention "
+                          "rotates the whole head); use --format vllm or zlab")
+    if getattr(cfg, "mlp_bias", False):
+        raise ConfigError("the 'speculators' format cannot hold MLP biases (its Qwen3MLP has none); "
+                          "use --format vllm or zlab")
+
+
+def _layer_config(cfg: Any) -> dict[str, Any]:
+    """The draft layer's Qwen3 config as speculators builds it (``validate_transformer_config``: a dict →
+    ``Qwen3Config``); ``num_hidden_layers`` is the draft depth."""
+    rope = dict(cfg.rope_parameters or {})
+    return {
+        "model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"], "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.hidden_size, "intermediate_size": cfg.intermediate_size,
+        "num_hidden_layers": cfg.num_hidden_layers, "num_attention_heads": cfg.num_attention_heads,
+        "num_key_value_heads": cfg.num_key_value_heads, "head_dim": cfg.head_dim, "hidden_act": cfg.hidden_act,
+        "rms_norm_eps": cfg.rms_norm_eps, "max_position_embeddings": cfg.max_position_embeddings,
+        "rope_parameters": rope, "rope_theta": rope.get("rope_theta", 10000.0),
+        "attention_bias": bool(cfg.attention_bias), "layer_types": ["full_attention"] * cfg.num_hidden_layers,
+        "use_sliding_window": False, "sliding_window": None, "max_window_layers": cfg.num_hidden_layers,
+        "pad_token_id": cfg.pad_token_id, "bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id,
+        "tie_word_embeddings": False,
+    }
+
+
+def _save_body(model: Any, out: Path) -> None:
+    """``model.safetensors`` with the draft body only (``layers.*``, ``fc``, ``hidden_norm``, ``norm``; the
+    names speculators' DFlashDraftModel uses); non-finite weights refused."""
+    from safetensors.torch import save_file
+
+    from draftsmith.nn.weights import non_finite_tensors
+
+    state = model.state_dict()
+    bad = non_finite_tensors(state)
+    if bad:  # an engine would load NaN/inf weights silently
+        raise DraftsmithError(f"refusing to export non-finite weights: {bad[:5]}")
+    save_file({n: t.detach().to("cpu").contiguous() for n, t in state.items()}, str(out / "model.safetensors"),
+              metadata={"format": "pt"})
+
+
+def _require_dflash(draft: Any) -> Any:
+    model = unwrap_model(draft)
+    if getattr(model.config, "dflash_config", None) is None:
+        raise DraftsmithError(f"{type(model).__name__} is not a DFlash draft (its config has no dflash_config)")
+    return model

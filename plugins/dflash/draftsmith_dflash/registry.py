@@ -7,7 +7,7 @@ from typing import Any
 
 from draftsmith import DraftSpec, resolve_draft_spec
 from draftsmith.errors import ConfigError
-from draftsmith.formats import FormatSpec
+from draftsmith.formats import INPUT_OF_LAYER, FormatSpec
 from draftsmith.views import DraftRegistryView
 
 # Qwen3-shaped targets first; Llama-shaped targets work with the same config-driven class (q_norm/k_norm are
@@ -27,13 +27,42 @@ SPECS = (
 )
 
 # -- checkpoint formats (writers in export.py, readers in readers.py; docs/formats.md) ---------------------------
+def _foreign(config: dict[str, Any]) -> bool:
+    """Not ours to read as a public layout: a directory with draftsmith's own block loads natively."""
+    return isinstance(config.get("draftsmith"), dict)
+
+
+def is_zlab_dflash(config: dict[str, Any]) -> bool:
+    """z-lab ``DFlashDraftModel`` (dflash/model.py; what SpecForge, vLLM and SGLang also read): exactly that
+    architecture (not ``DFlash2DraftModel``, not DSpark's ``Qwen3DSparkModel``, not EAGLE's), no speculators
+    keys."""
+    return (not _foreign(config) and "DFlashDraftModel" in (config.get("architectures") or [])
+            and "speculators_model_type" not in config)
+
+
+def is_speculators_dflash(config: dict[str, Any]) -> bool:
+    """speculators' DFlash layout (``speculators_model_type: dflash``; models/dflash/config.py)."""
+    return not _foreign(config) and config.get("speculators_model_type") == "dflash"
+
+
 FORMATS = (
     FormatSpec("dflash", "native", writer="draftsmith_dflash.export:export_native", clients=("draftsmith",),
                summary="the z-lab DFlashDraftModel layout with draftsmith metadata"),
+    FormatSpec("dflash", "zlab", writer="draftsmith_dflash.export:export_native",
+               reader="draftsmith_dflash.readers:read_zlab", detect="draftsmith_dflash.registry:is_zlab_dflash",
+               clients=("z-lab dflash", "SpecForge", "vLLM", "SGLang"),
+               summary="z-lab DFlashDraftModel: dflash_config ids out(k), no embedding/lm_head; reads public "
+                       "z-lab checkpoints"),
     FormatSpec("dflash", "vllm", writer="draftsmith_dflash.export:export_native", clients=("vLLM",),
                summary="= native: vLLM's qwen3_dflash.py reads the z-lab layout (adds 1 to the ids itself)"),
     FormatSpec("dflash", "sglang", writer="draftsmith_dflash.export:export_sglang", clients=("SGLang",),
                summary="the z-lab layout, refusing drafts SGLang would run with other in-block causality"),
+    FormatSpec("dflash", "speculators", writer="draftsmith_dflash.export:export_speculators",
+               reader="draftsmith_dflash.readers:read_speculators",
+               detect="draftsmith_dflash.registry:is_speculators_dflash", clients=("speculators", "vLLM"),
+               layer_id_convention=INPUT_OF_LAYER,
+               summary="speculators dflash (what `vllm serve DIR` takes): transformer_layer_config, "
+                       "aux_hidden_state_layer_ids in(k), verifier named"),
 )
 
 DFlashDraftSpec = DraftSpec

@@ -1,0 +1,43 @@
+"""Run inside the SpecForge 0.2.0 environment: load an exported DFlash directory with SpecForge's own
+``DFlashDraftModel.from_pretrained`` (``specforge/modeling/draft/dflash.py``) and write its hidden states for
+one block over a given context.
+
+    python specforge_dflash.py DRAFT_DIR INPUTS.safetensors OUT.json
+
+INPUTS holds ``noise`` (1, B, H) block embeddings, ``context`` (1, C, m·H) captured target features and
+``positions`` (1, C + B) (context then block, as SpecForge's ``spec_generate`` passes them; no mask: its
+attention is bidirectional over context and block). OUT gets the loading report (missing / unexpected tensors,
+weight warnings, the ids SpecForge captures, its layer types) and the final-normed hidden states (fp32).
+"""
+
+import json
+import sys
+import warnings
+
+import torch
+from safetensors.torch import load_file
+
+from specforge.modeling.draft.dflash import DFlashDraftModel
+
+
+def main(draft_dir: str, inputs: str, out: str) -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model, info = DFlashDraftModel.from_pretrained(draft_dir, output_loading_info=True,
+                                                       attn_implementation="sdpa")
+    model = model.float().eval()
+    t = load_file(inputs)
+    with torch.no_grad():
+        hidden = model(position_ids=t["positions"], noise_embedding=t["noise"], target_hidden=t["context"])
+    report = {"missing": sorted(info.get("missing_keys", [])), "unexpected": sorted(info.get("unexpected_keys", [])),
+              "mismatched": [str(m) for m in info.get("mismatched_keys", [])],
+              "warnings": [str(w.message) for w in caught if "weight" in str(w.message).lower()],
+              "layer_ids": list(model.target_layer_ids), "layer_types": list(model.layer_types),
+              "block_size": model.block_size, "mask_token_id": model.mask_token_id,
+              "hidden": hidden[0].tolist()}
+    with open(out, "w") as f:
+        json.dump(report, f)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4])
