@@ -174,12 +174,33 @@ def _block_layout_problems(config: dict[str, Any], names: set[str], layout: str,
             problems.append(f"markov_head_type {config.get('markov_head_type')!r}: vLLM serves only 'vanilla'")
     if layout.endswith("-speculators") and layout != "eagle3-speculators" and config.get("mask_token_id") is None:
         problems.append("mask_token_id is missing")
+    if layout == "dspark" and engine == "vllm":
+        ids = config.get("target_layer_ids")
+        earlier = {"eagle_aux_hidden_state_layer_ids": config.get("eagle_aux_hidden_state_layer_ids"),
+                   "dflash_config.target_layer_ids": (config.get("dflash_config") or {}).get("target_layer_ids"),
+                   "dspark_target_layer_ids": config.get("dspark_target_layer_ids")}
+        for key, value in earlier.items():  # vLLM reads these before target_layer_ids
+            if value is not None and list(value) != [int(i) + (key == "eagle_aux_hidden_state_layer_ids")
+                                                       for i in ids or []]:
+                problems.append(f"{key} is set and differs from target_layer_ids: vLLM reads it first")
+        if not {"embed_tokens.weight", "lm_head.weight"} <= names:
+            problems.append("embed_tokens/lm_head missing: vLLM's DSpark loader reads the draft's own copies")
     if layout == "dspark-sglang":
         for key in ("dflash_config", "dspark_config"):
             if not isinstance(config.get(key), dict):
                 problems.append(f"{key} is missing: SGLang reads the DSpark layout from it")
-        if (config.get("dflash_config") or {}).get("mask_token_id") is None:
+        dflash = config.get("dflash_config") or {}
+        if dflash.get("mask_token_id") is None:
             problems.append("dflash_config.mask_token_id is missing")
+        if dflash and dflash.get("projector_type") != "dspark":
+            problems.append(f"dflash_config.projector_type is {dflash.get('projector_type')!r}: SpecForge builds a "
+                            f"DFlash projector unless it is 'dspark'")
+    if layout in ("dspark-sglang", "dspark-speculators", "dflash-speculators") and \
+            int(config.get("draft_vocab_size") or 0) in (0, int(config.get("vocab_size") or
+                                                            (config.get("transformer_layer_config") or {})
+                                                            .get("vocab_size") or 0)) and \
+            any(n.startswith(("embed_tokens.", "lm_head.")) for n in names):
+        problems.append("embed_tokens/lm_head tensors on a full-vocabulary draft: this client takes the target's")
     return problems
 
 
