@@ -113,8 +113,8 @@ def read_speculators(path: Path, config: dict[str, Any]) -> Qwen3DFlashDraftMode
         raise ConfigError(f"{path / 'config.json'} has no aux_hidden_state_layer_ids: the captured target layers "
                           f"are unknown")
     verifier = (config.get("speculators_config") or {}).get("verifier") or {}
-    kept = {"target_name_or_path": verifier.get("name_or_path"),
-            "target_architectures": verifier.get("architectures"), **_kept(config)}
+    named = {"target_name_or_path": verifier.get("name_or_path"), "target_architectures": verifier.get("architectures")}
+    kept = {**_kept(config), **{k: v for k, v in named.items() if v}}  # the verifier it names wins
     state = {n: t for n, t in _load_weights(path).items() if n not in VERIFIER_TENSORS}
     return _build(path, qwen3, ids=[int(i) - 1 for i in aux],  # in(k) → out(k)
                   block_size=int(config.get("block_size") or 8), mask_token_id=config.get("mask_token_id"),
