@@ -166,3 +166,24 @@ def test_dspark_exports_pass_and_their_traps_are_reported(world, dspark_dirs, tm
     out = shutil.copytree(dspark_dirs["sglang"], tmp_path / "no-dspark-config")
     _edit_config(out, dspark_config=None)
     assert any("dspark_config is missing" in p for p in check_export(out, engine="sglang")[1])
+
+
+def test_dflash_speculators_causality_trap(world, tmp_path):
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    from draftsmith.testing import scramble
+    from draftsmith_dflash.draft_qwen3 import Qwen3DFlashDraftModel
+    from draftsmith_dflash.export import export_speculators
+
+    target = AutoModelForCausalLM.from_pretrained(world["target"])
+    draft = scramble(Qwen3DFlashDraftModel(Qwen3DFlashDraftModel.build_draft_config(
+        target.config, mask_token_id=3, num_draft_layers=2)), 0)
+    out = export_speculators(draft, tmp_path / "spec", target=str(world["target"]))
+    assert check_export(out, engine="vllm", target=str(world["target"])) == ("dflash-speculators", [])
+    bad = shutil.copytree(out, tmp_path / "bad")
+    _edit_config(bad, sliding_window_non_causal=False)  # speculators' own default
+    assert any("runs the blocks causally" in p for p in check_export(bad, engine="vllm")[1])
+    _edit_config(bad, sliding_window_non_causal=True, sample_from_anchor=True)
+    assert any("expected False for DFlash" in p for p in check_export(bad)[1])

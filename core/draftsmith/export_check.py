@@ -172,6 +172,12 @@ def _block_layout_problems(config: dict[str, Any], names: set[str], layout: str,
     if layout in ("dspark", "dspark-speculators") and engine == "vllm":  # speculators itself trains gated heads
         if int(config.get("markov_rank") or 0) > 0 and config.get("markov_head_type", "vanilla") != "vanilla":
             problems.append(f"markov_head_type {config.get('markov_head_type')!r}: vLLM serves only 'vanilla'")
+    if layout == "dflash-speculators" and engine in (None, "vllm"):
+        layer_types = (config.get("transformer_layer_config") or {}).get("layer_types") or []
+        if config.get("sliding_window_non_causal", False) is False and "sliding_attention" not in layer_types:
+            problems.append("sliding_window_non_causal is false or absent: vLLM then sets dflash_config.causal and "
+                            "runs the blocks causally, while speculators trains full-attention blocks "
+                            "bidirectionally")
     if layout.endswith("-speculators") and layout != "eagle3-speculators" and config.get("mask_token_id") is None:
         problems.append("mask_token_id is missing")
     if layout == "dspark" and engine == "vllm":
