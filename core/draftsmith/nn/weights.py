@@ -56,3 +56,23 @@ def unwrap_model(model: Any) -> Any:
 def non_finite_tensors(state: dict[str, torch.Tensor]) -> list[str]:
     """Names of floating tensors holding NaN or ±inf."""
     return [name for name, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
+def load_state_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], where: Any, *,
+                      skip_prefixes: tuple[str, ...] = ("rotary_emb.",)) -> None:
+    """Load ``state`` (a checkpoint read by a format's reader) into ``model`` with every tensor accounted for:
+    no parameter or buffer left out, no tensor of the file unused, every shape as the config says — else one
+    DraftsmithError naming ``where`` and the first offenders. Floating tensors are loaded as fp32; buffers whose
+    name starts with ``skip_prefixes`` (rotary frequencies, rebuilt from the config) are not read."""
+    from ..errors import DraftsmithError
+
+    own = {n: t for n, t in model.state_dict().items() if not n.startswith(skip_prefixes)}
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise DraftsmithError(f"{where}: tensors do not match the {type(model).__name__} this config builds: "
+                              f"missing {missing[:6]}, unexpected {unexpected[:6]}")
+    shapes = [f"{n} {tuple(t.shape)} vs {tuple(own[n].shape)}" for n, t in state.items()
+              if tuple(t.shape) != tuple(own[n].shape)]
+    if shapes:
+        raise DraftsmithError(f"{where}: tensor shapes do not match the config: {shapes[:4]}")
+    model.load_state_dict({n: t.float() if t.is_floating_point() else t for n, t in state.items()}, strict=False)

@@ -31,6 +31,7 @@ import torch
 from draftsmith.checkpoint import EXPORT_METADATA_KEY, draft_metadata
 from draftsmith.conventions import draft_fields
 from draftsmith.errors import ConfigError, DraftsmithError
+from draftsmith.nn.weights import load_state_strict
 
 from .config import _FIELDS, DRAFT_CLASS_PATH, NATIVE_ARCHITECTURE, Qwen3DFlashConfig
 from .draft_qwen3 import Qwen3DFlashDraftModel
@@ -204,19 +205,5 @@ def _build(path: Path, qwen3: Any, *, ids: list[int], block_size: int, mask_toke
         block["target_num_hidden_layers"] = n_target
     cfg.draftsmith = block
     model = Qwen3DFlashDraftModel(cfg)  # checks block size, ids, mask token, layer types
-    load_strict(model, state, path)
+    load_state_strict(model, state, path)
     return model.float().eval()
-
-
-def load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
-    """Load ``state`` into ``model`` with every tensor accounted for and every shape matching (fp32)."""
-    own = model.state_dict()
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    if missing or unexpected:
-        raise DraftsmithError(f"{path}: tensors do not match the DFlash draft: missing {missing[:6]}, "
-                              f"unexpected {unexpected[:6]}")
-    shapes = [f"{n} {tuple(t.shape)} vs {tuple(own[n].shape)}" for n, t in state.items()
-              if tuple(t.shape) != tuple(own[n].shape)]
-    if shapes:
-        raise DraftsmithError(f"{path}: tensor shapes do not match the config: {shapes[:4]}")
-    model.load_state_dict({n: t.float() if t.is_floating_point() else t for n, t in state.items()}, strict=True)

@@ -23,6 +23,7 @@ from typing import Any
 
 from draftsmith.checkpoint import LAYER_ID_CONVENTION, draft_metadata
 from draftsmith.errors import ConfigError, DraftsmithError
+from draftsmith.nn.weights import load_state_strict
 
 from .export import DSPARK_HEAD_KEYS, EXPORT_ONLY_KEYS, QWEN3_LAYER_KEYS
 
@@ -120,23 +121,11 @@ def _build(path: Path, config: dict[str, Any], layer: dict[str, Any], heads: dic
         freeze_embeddings=bool(kept.get("freeze_embeddings", True)))
     cfg.draftsmith = _our_block(kept, ids, cfg, target, target_architectures)
     model = Qwen3DSparkModel(cfg)
-    missing, unexpected = _strict_load(model, state)
-    if missing or unexpected:
-        raise DraftsmithError(f"{path}: tensors do not match a DSpark draft of this config: missing {missing[:6]}, "
-                              f"unexpected {unexpected[:6]}")
+    load_state_strict(model, state, path)
     model = model.to(torch.float32).eval()
     if cfg.freeze_embeddings:
         model.freeze_embeddings()
     return model
-
-
-def _strict_load(model: Any, state: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """Every parameter from ``state`` and every tensor of ``state`` used (shape mismatches raise)."""
-    own = set(model.state_dict())
-    missing, unexpected = sorted(own - set(state)), sorted(set(state) - own)
-    if not missing and not unexpected:
-        model.load_state_dict(state, strict=True)
-    return missing, unexpected
 
 
 def _read_weights(path: Path, load_file: Any) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from safetensors.torch import load_file
 from draftsmith.checkpoint import EXPORT_METADATA_KEY, draft_metadata
 from draftsmith.conventions import draft_fields
 from draftsmith.errors import ConfigError, DraftsmithError
+from draftsmith.nn.weights import load_state_strict
 
 from .config import LlamaEagle3Config, LlamaEagleConfig
 from .draft_llama import DRAFT_CLASS, LlamaEagle3DraftModel
@@ -81,7 +82,7 @@ def read_nemo_eagle1(path: Path, config: dict[str, Any]) -> Any:
     cfg.draftsmith = {**draft_metadata("eagle1", EAGLE1_CLASS, None, target_layer_ids=[]),
                       "feature": "final_hidden (post-final-norm)", "read_from": "nemo"}
     model = LlamaEagleDraftModel(cfg)
-    load_strict(model, state, path)
+    load_state_strict(model, state, path)
     return model.eval()
 
 
@@ -125,7 +126,7 @@ def _build(path: Path, config: dict[str, Any], layer: dict[str, Any], ids: list[
     cfg.draftsmith = {**draft_metadata("eagle3", DRAFT_CLASS, None, target_layer_ids=cfg.target_layer_ids),
                       **{k: v for k, v in kept.items() if k in _KEPT}, "read_from": fmt}
     model = LlamaEagle3DraftModel(cfg)
-    load_strict(model, state, path)
+    load_state_strict(model, state, path)
     model.check_vocab_mapping()
     return model.eval()
 
@@ -142,17 +143,3 @@ def _drop_identity_maps(path: Path, state: dict[str, torch.Tensor]) -> None:
                           f"full-vocabulary heads with the identity map only")
     if t2d is not None and not bool(t2d.all()):
         raise ConfigError(f"{path}: a full-vocabulary head whose t2d drops target tokens")
-
-
-def load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
-    """Load ``state`` into ``model`` with every tensor accounted for (rotary buffers are rebuilt, not read)."""
-    own = {n for n in model.state_dict() if not n.startswith("rotary_emb.")}
-    missing, unexpected = sorted(own - set(state)), sorted(set(state) - own)
-    if missing or unexpected:
-        raise DraftsmithError(f"{path}: tensors do not match the draft: missing {missing[:6]}, "
-                              f"unexpected {unexpected[:6]}")
-    shapes = [f"{n} {tuple(t.shape)} vs {tuple(model.state_dict()[n].shape)}" for n, t in state.items()
-              if tuple(t.shape) != tuple(model.state_dict()[n].shape)]
-    if shapes:
-        raise DraftsmithError(f"{path}: tensor shapes do not match the config: {shapes[:4]}")
-    model.load_state_dict({n: t.float() if t.is_floating_point() else t for n, t in state.items()}, strict=False)

@@ -10,7 +10,7 @@ from safetensors import safe_open
 from torch.testing import assert_close
 
 import draftsmith
-from draftsmith.errors import ConfigError, DraftsmithError
+from draftsmith.errors import ConfigError
 from draftsmith_eagle.export import export_native, export_sglang, export_speculators, export_vllm
 
 LAYER = ["input_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
