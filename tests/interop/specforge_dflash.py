@@ -17,6 +17,8 @@ import warnings
 import torch
 from safetensors.torch import load_file
 
+from client_common import weight_warnings
+
 from specforge.modeling.draft.dflash import DFlashDraftModel
 
 
@@ -31,7 +33,7 @@ def main(draft_dir: str, inputs: str, out: str) -> None:
         hidden = model(position_ids=t["positions"], noise_embedding=t["noise"], target_hidden=t["context"])
     report = {"missing": sorted(info.get("missing_keys", [])), "unexpected": sorted(info.get("unexpected_keys", [])),
               "mismatched": [str(m) for m in info.get("mismatched_keys", [])],
-              "warnings": [str(w.message) for w in caught if "weight" in str(w.message).lower()],
+              "warnings": weight_warnings(caught),
               "layer_ids": list(model.target_layer_ids), "layer_types": list(model.layer_types),
               "block_size": model.block_size, "mask_token_id": model.mask_token_id,
               "hidden": hidden[0].tolist()}

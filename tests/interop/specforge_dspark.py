@@ -21,6 +21,8 @@ import warnings
 
 import torch
 from safetensors.torch import load_file
+
+from client_common import weight_warnings
 from transformers import AutoModelForCausalLM
 
 from specforge.algorithms.common.dflash_family_model import OnlineDSparkModel
@@ -66,7 +68,7 @@ def main(draft_dir: str, target_dir: str, inputs: str, out: str) -> None:
     report = {"missing": sorted(set(info.get("missing_keys", [])) | (own - saved)),
               "unexpected": sorted(set(info.get("unexpected_keys", [])) | (saved - own)),
               "mismatched": [list(map(str, m)) for m in info.get("mismatched_keys", [])],
-              "warnings": [str(w.message) for w in caught if "weight" in str(w.message).lower()],
+              "warnings": weight_warnings(caught),
               "non_finite": sorted(n for n, p in model.state_dict().items()
                                    if p.is_floating_point() and not bool(torch.isfinite(p).all())),
               "target_layer_ids": list(model.target_layer_ids), "block_size": model.block_size,

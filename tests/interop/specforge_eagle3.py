@@ -16,6 +16,8 @@ import warnings
 import torch
 from safetensors.torch import load_file
 
+from client_common import resave, weight_warnings
+
 from specforge.modeling.draft.llama3_eagle import LlamaForCausalLMEagle3, prepare_decoder_attention_mask
 
 
@@ -42,7 +44,7 @@ def main(draft_dir: str, inputs: str, out: str, save_dir: str | None = None) -> 
     logits = logits_of(model)
     report = {"missing": sorted(set(info.get("missing_keys", [])) | (own - saved)),
               "unexpected": sorted(set(info.get("unexpected_keys", [])) | (saved - own)),
-              "warnings": [str(w.message) for w in caught if "weight" in str(w.message).lower()],
+              "warnings": weight_warnings(caught),
               "aux_layer_ids": (getattr(model.config, "eagle_config", None) or {}).get(
                   "eagle_aux_hidden_state_layer_ids"),
               "logits": logits}
@@ -50,18 +52,6 @@ def main(draft_dir: str, inputs: str, out: str, save_dir: str | None = None) -> 
         report["saved_logits"] = resave(model, save_dir, logits_of)
     with open(out, "w") as f:
         json.dump(report, f)
-
-
-def resave(model, save_dir: str, logits_of) -> list:
-    """Change every weight a little (seeded), save with the client's own ``save_pretrained`` to ``save_dir`` and
-    return the changed model's logits: a checkpoint written by the client, for draftsmith's reader."""
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.is_floating_point():
-                p.add_(torch.randn_like(p) * 0.01)
-    model.save_pretrained(save_dir)
-    return logits_of(model)
 
 
 if __name__ == "__main__":

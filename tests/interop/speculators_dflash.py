@@ -21,6 +21,8 @@ import warnings
 import torch
 from safetensors.torch import load_file
 
+from client_common import weight_warnings
+
 from speculators.models.dflash import DFlashDraftModel, DFlashSpeculatorConfig
 
 
@@ -53,7 +55,7 @@ def main(draft_dir: str, inputs: str, out: str, save_dir: str | None = None) -> 
     t = load_file(inputs)
     hidden, logits = block_outputs(model, t)
     report = {"missing": sorted(own - saved - ignored), "unexpected": sorted(saved - own),
-              "warnings": [str(w.message) for w in caught if "weight" in str(w.message).lower()],
+              "warnings": weight_warnings(caught),
               "nan_tensors": sorted(n for n, p in model.state_dict().items()
                                     if p.is_floating_point() and bool(p.isnan().any())),
               "aux_layer_ids": model.config.aux_hidden_state_layer_ids,

@@ -22,6 +22,8 @@ import warnings
 import torch
 from safetensors.torch import load_file
 
+from client_common import weight_warnings
+
 import speculators.models.dspark.core as dspark_core
 from speculators.models.dspark import DSparkDraftModel
 
@@ -59,7 +61,7 @@ def main(draft_dir: str, inputs: str, out: str) -> None:
               verifier_last_hidden_states=t["verifier_last"], document_ids=torch.zeros_like(t["ids"]),
               position_ids=torch.arange(t["ids"].shape[1])[None], **train_kwargs)
     report = {"missing": sorted(own - saved - ignored), "unexpected": sorted(saved - own),
-              "warnings": [str(w.message) for w in caught if "weight" in str(w.message).lower()],
+              "warnings": weight_warnings(caught),
               "non_finite": sorted(n for n, p in model.state_dict().items()
                                    if p.is_floating_point() and not bool(torch.isfinite(p).all())),
               "aux_layer_ids": list(model.target_layer_ids), "sample_from_anchor": model.config.sample_from_anchor,

@@ -15,6 +15,8 @@ import warnings
 import torch
 from safetensors.torch import load_file
 
+from client_common import weight_warnings
+
 from dflash.model import DFlashDraftModel
 
 
@@ -28,7 +30,7 @@ def main(draft_dir: str, inputs: str, out: str) -> None:
     with torch.no_grad():
         hidden = model(position_ids=t["positions"], noise_embedding=t["noise"], target_hidden=t["context"])
     report = {"missing": sorted(info.get("missing_keys", [])), "unexpected": sorted(info.get("unexpected_keys", [])),
-              "warnings": [str(w.message) for w in caught if "weight" in str(w.message).lower()],
+              "warnings": weight_warnings(caught),
               "layer_ids": model.config.dflash_config["target_layer_ids"],
               "hidden": hidden[0].tolist()}
     with open(out, "w") as f:
