@@ -76,3 +76,30 @@ def test_init_from_refuses_what_does_not_fit(runs):
     assert res.returncode != 0 and "8-layer target" in res.stderr and "Traceback" not in res.stderr
     res = run_cli(["train", str(eagle_cfg), "--init-from", str(root / "nowhere")], env=subprocess_env())
     assert res.returncode != 0 and "does not exist" in res.stderr and "Traceback" not in res.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method, fmt", [("eagle3", "vllm"), ("dflash", "speculators")])
+def test_eval_of_an_engine_export_equals_eval_of_the_draft(runs, method, fmt):
+    """`eval --draft` takes an engine layout (read by its format's reader): same greedy report as the draft."""
+    import json
+
+    root = runs["root"]
+    export = root / f"eval-{method}-{fmt}"
+    res = run_cli(["export", "--draft", str(runs[method]), "--format", fmt, "--out", str(export)],
+                  env=subprocess_env())
+    assert res.returncode == 0, res.stderr[-2000:]
+    prompts = root / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"say {w}"}]}) + "\n"
+                               for w in ("one", "two", "three")))
+    reports = []
+    for draft in (runs[method], export):
+        res = run_cli(["eval", "--target", str(runs["target"]), "--draft", str(draft), "--prompts", str(prompts),
+                       "--max-new-tokens", "12", "--device", "cpu", "--check-lossless", "--json", "--no-baseline"],
+                      env=subprocess_env(), timeout=600)
+        assert res.returncode == 0, res.stderr[-2000:]
+        reports.append(json.loads(res.stdout))
+    ours, theirs = reports
+    assert theirs["lossless"]["ok"] is True and ours["lossless"]["ok"] is True
+    for key in ("tau", "rounds", "acceptance_offered", "drafted_tokens", "accepted_tokens", "generated_tokens"):
+        assert theirs[key] == ours[key], key
