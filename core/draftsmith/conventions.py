@@ -193,7 +193,8 @@ def validate_mask_token_id(mask_token_id: Any, vocab_size: int, *, pad_token_id:
     if mask_token_id is None:
         raise ConfigError(f"{method} needs `mask_token_id`: a reserved token id (inside the target vocab, not "
                           f"pad/eos) whose embedding fills the block's draft slots, {example} (draft option "
-                          f"mask_token_id)")
+                          f"mask_token_id; `draftsmith train` also takes the target tokenizer's declared "
+                          f"mask_token, and this one declares none)")
     if isinstance(mask_token_id, bool) or not isinstance(mask_token_id, int):
         raise ConfigError(f"mask_token_id must be an int, got {mask_token_id!r}")
     if not 0 <= mask_token_id < int(vocab_size):

@@ -94,6 +94,22 @@ def vocab_size_of(target_config: Any) -> int:
     return int(text_config(target_config).vocab_size)
 
 
+def mask_token_from_tokenizer(method: MethodSpec, options: dict[str, Any], tokenizer: LazyTokenizer,
+                              log: Callable[[str], None]) -> dict[str, Any]:
+    """A draft option ``mask_token_id`` left unset is the tokenizer's declared ``mask_token`` (HF
+    ``tokenizer.mask_token_id``), for methods that declare that option; the draft builder still validates it (in
+    the vocab, not pad/eos). Without a declared mask token the options are unchanged and the builder's error
+    stands."""
+    if "mask_token_id" not in (method.draft_options or {}) or options.get("mask_token_id") is not None:
+        return options
+    tok = tokenizer.get_or_none()
+    mask = getattr(tok, "mask_token_id", None) if tok is not None else None
+    if mask is None:
+        return options
+    log(f"draft: mask_token_id {int(mask)} = the tokenizer's mask token {tok.mask_token!r}")
+    return {**options, "mask_token_id": int(mask)}
+
+
 def build_draft(spec: Any, target_config: Any, options: dict[str, Any], seed: int) -> nn.Module:
     """The draft, built by the registered spec from its options (routed by ``MethodSpec.route_options``)."""
     torch.manual_seed(seed)  # same initial draft on every rank and every run with this seed
@@ -152,6 +168,8 @@ def build_setup(config: RunConfig, info: DistInfo, device: torch.device, *,
             shard_target(target, info)
 
     draft_options, objective_options = method.route_options(config.draft, config.method_options)
+    if not config.train.init_from:
+        draft_options = mask_token_from_tokenizer(method, draft_options, tokenizer, log)
     if config.train.init_from:
         from .warm_start import warm_start_draft
 
