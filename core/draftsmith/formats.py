@@ -73,6 +73,8 @@ class FormatSpec:
     * ``detect`` — ``f(config: dict) -> bool``: does a ``config.json`` hold this layout? Must be cheap and
       torch-free; needed with a reader.
     * ``clients`` / ``layer_id_convention`` / ``summary`` — documentation (``draftsmith plugins --json``).
+    * ``refusal`` — set (with neither writer nor reader) when the engine exists but cannot run this method's
+      drafts: the one line ``draftsmith export --format`` answers, saying why and what to use instead.
 
     Callables may be ``"module:function"`` strings, imported on first use.
     """
@@ -85,6 +87,7 @@ class FormatSpec:
     clients: tuple[str, ...] = ()
     layer_id_convention: str = OUTPUT_OF_LAYER
     summary: str = ""
+    refusal: str = ""
     plugin: str | None = None
     distribution: str | None = None
     version: str | None = None
@@ -94,8 +97,10 @@ class FormatSpec:
             value = getattr(self, field)
             if not isinstance(value, str) or not value.strip():
                 raise ValueError(f"FormatSpec.{field} must be a non-empty string, got {value!r}")
-        if self.writer is None and self.reader is None:
-            raise ValueError(f"format {self.method}/{self.name} has neither a writer nor a reader")
+        if self.refusal and (self.writer is not None or self.reader is not None):
+            raise ValueError(f"format {self.method}/{self.name}: a refusal has no writer or reader")
+        if self.writer is None and self.reader is None and not self.refusal:
+            raise ValueError(f"format {self.method}/{self.name} has neither a writer nor a reader (nor a refusal)")
         if self.reader is not None and self.detect is None:
             raise ValueError(f"format {self.method}/{self.name} has a reader but no detect function")
         if self.layer_id_convention not in (OUTPUT_OF_LAYER, INPUT_OF_LAYER):
@@ -104,6 +109,8 @@ class FormatSpec:
         object.__setattr__(self, "clients", tuple(self.clients))
 
     def load_writer(self) -> Callable[..., Any]:
+        if self.refusal:
+            raise ConfigError(self.refusal)
         if self.writer is None:
             raise ConfigError(f"the {self.name!r} format of {self.method} is read-only (no writer)")
         return _load(self.writer)
@@ -121,7 +128,7 @@ class FormatSpec:
 
     def describe(self) -> dict[str, Any]:
         return {"method": self.method, "name": self.name, "writes": self.writer is not None,
-                "reads": self.reader is not None, "clients": list(self.clients),
+                "reads": self.reader is not None, "refusal": self.refusal or None, "clients": list(self.clients),
                 "layer_id_convention": self.layer_id_convention, "summary": self.summary,
                 "plugin": self.plugin, "distribution": self.distribution, "version": self.version}
 

@@ -27,6 +27,8 @@ def run(args) -> int:
 
     block = read_draft_metadata(args.draft)
     fmt = get_registry().get_format(block["method"], args.fmt)
+    if fmt.refusal:
+        raise ConfigError(fmt.refusal)
     if fmt.writer is None:
         raise ConfigError(f"the {args.fmt!r} format of {block['method']} can be read but not written")
     out = Path(args.out)

@@ -31,6 +31,7 @@ def run(args) -> int:
             formats = manager.registry.formats(name)
             described.append({**m.describe(),
                               "export_formats": sorted(n for n, f in formats.items() if f.writer is not None),
+                              "refused_formats": sorted(n for n, f in formats.items() if f.refusal),
                               "read_formats": sorted(n for n, f in formats.items() if f.reader is not None),
                               "formats": [f.describe() for _n, f in sorted(formats.items())]})
         print(json.dumps({"plugins": plugins, "methods": described}, indent=2))
@@ -43,4 +44,10 @@ def run(args) -> int:
     for p in plugins:
         if p.get("hooks"):
             print(f"\n{p['plugin']} hooks: {', '.join(p['hooks'])}")
+    print("\nformats (w = `draftsmith export --format`, r = read by load_draft / eval / train --init-from):")
+    for name in sorted(methods):
+        formats = manager.registry.formats(name)
+        cells = [f"{n} ({'refused' if f.refusal else ''}{'w' if f.writer is not None else ''}"
+                 f"{'r' if f.reader is not None else ''})" for n, f in sorted(formats.items())]
+        print(f"  {name}: {', '.join(cells) or 'none'}")
     return 0

@@ -160,18 +160,6 @@ def export_speculators(draft: Any, out_dir: str | Path, **options: Any) -> Path:
     return out
 
 
-def refuse_eagle1_engine(draft: Any, out_dir: str | Path, **options: Any) -> Path:
-    """EAGLE-1 for vLLM / SGLang: refused. Their EAGLE-1 loaders (vLLM ``model_executor/models/llama_eagle.py``
-    ``EagleLlamaForCausalLM``, SGLang ``srt/models/llama_eagle.py`` ``LlamaForCausalLMEagle``, both after SafeAILab
-    ``cnets.py``) build layer 0 without ``input_layernorm`` and no final ``norm``, and skip those tensors when
-    loading; draftsmith's (NeMo AutoModel's) EAGLE-1 head has both, and an RMSNorm cannot be folded into the
-    weights around it — the engine would run another function than the one trained, with no error."""
-    raise ConfigError("no serving engine can run this EAGLE-1 head: vLLM's and SGLang's EAGLE-1 loaders build layer "
-                      "0 without input_layernorm and no final norm (they skip both tensors), which this head "
-                      "needs; decode it with `draftsmith eval` (native format) or train an eagle3 head, which "
-                      "exports to vllm, sglang and speculators")
-
-
 def _engine_dir(out_dir: str | Path) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

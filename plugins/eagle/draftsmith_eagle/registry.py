@@ -59,13 +59,21 @@ def is_nemo_eagle1(config: dict[str, Any]) -> bool:
     return "LlamaEagleDraftModel" in (config.get("architectures") or []) and "draftsmith" not in config
 
 
+_EAGLE1_ENGINE_REFUSAL = (
+    "no serving engine can run this EAGLE-1 head: vLLM's and SGLang's EAGLE-1 loaders build layer 0 without "
+    "input_layernorm and no final norm (they skip both tensors), which this head needs; decode it with "
+    "`draftsmith eval` (native format) or train an eagle3 head, which exports to vllm, sglang and speculators")
+
 FORMATS = (
     FormatSpec("eagle1", "native", writer="draftsmith_eagle.export:export_native", clients=("draftsmith",),
                summary="draftsmith's EAGLE-1/2 layout (NeMo AutoModel's); no serving engine reads it"),
     FormatSpec("eagle1", "nemo", reader="draftsmith_eagle.readers:read_nemo_eagle1",
                detect="draftsmith_eagle.registry:is_nemo_eagle1", clients=("NeMo AutoModel",),
                summary="read-only: NeMo AutoModel's LlamaEagleDraftModel save (the native layout without metadata)"),
-    *(FormatSpec("eagle1", name, writer="draftsmith_eagle.export:refuse_eagle1_engine", clients=(client,),
+    # vLLM's EagleLlamaForCausalLM (model_executor/models/llama_eagle.py) and SGLang's LlamaForCausalLMEagle
+    # (srt/models/llama_eagle.py), after SafeAILab cnets.py, build layer 0 without input_layernorm and no final
+    # norm and skip those tensors; our (NeMo's) EAGLE-1 head has both and an RMSNorm cannot be folded away
+    *(FormatSpec("eagle1", name, clients=(client,), refusal=_EAGLE1_ENGINE_REFUSAL,
                  summary=f"refused: {client}'s EAGLE-1 loader has no layer-0 input_layernorm and no final norm")
       for name, client in (("vllm", "vLLM"), ("sglang", "SGLang"))),
     FormatSpec("eagle3", "native", writer="draftsmith_eagle.export:export_native", clients=("draftsmith",),

@@ -126,13 +126,23 @@ def test_an_unknown_layout_names_the_readable_formats(tmp_path):
 
 @pytest.mark.parametrize("fmt", ["vllm", "sglang"])
 def test_eagle1_engine_formats_are_refused_with_the_reason(eagle, tmp_path, fmt):
-    from draftsmith_eagle.export import refuse_eagle1_engine
+    from draftsmith.checkpoint import save_draft
 
-    writer = draftsmith.get_registry().get_format("eagle2", fmt).load_writer()  # eagle2 shares eagle1's formats
-    assert writer is refuse_eagle1_engine
+    spec = draftsmith.get_registry().get_format("eagle2", fmt)  # eagle2 shares eagle1's formats
+    assert spec.writer is None and spec.reader is None and "input_layernorm and no final norm" in spec.refusal
     with pytest.raises(ConfigError, match="input_layernorm and no final norm"):
-        writer(eagle.make_eagle1(eagle.target_config()), tmp_path / fmt)
-    assert not (tmp_path / fmt).exists()
+        spec.load_writer()
+    save_draft(eagle.make_eagle1(eagle.target_config()), tmp_path / "e1")
+    from support.cli import run_cli, subprocess_env
+
+    res = run_cli(["export", "--draft", str(tmp_path / "e1"), "--format", fmt, "--out", str(tmp_path / fmt)],
+                  env=subprocess_env())
+    assert res.returncode != 0 and "no serving engine can run this EAGLE-1 head" in res.stderr
+    assert "Traceback" not in res.stderr and not (tmp_path / fmt).exists()
+    listing = run_cli(["plugins"], env=subprocess_env()).stdout
+    assert "eagle1: native (w), nemo (r), sglang (refused), vllm (refused)" in listing
+    assert "eagle3: native (w), sglang (wr), speculators (wr), vllm (wr)" in listing
+
 
 
 @pytest.mark.parametrize("fc_bias", [False, True])
