@@ -141,6 +141,34 @@ def _load(ref: Any) -> Any:
     return ref
 
 
+def speculators_verifier(target: str | None, block: dict[str, Any]) -> dict[str, Any]:
+    """``speculators_config.verifier`` of a speculators export: ``target`` (``--target``), else where the draft's
+    target was loaded from (the draft block's ``target_name_or_path``). speculators' loader reads the verifier's
+    config (and, for block drafts, its embedding, ``lm_head`` and final norm) from that path, so a draft that
+    records none and gets none is refused."""
+    verifier = target or block.get("target_name_or_path")
+    if not verifier:
+        raise ConfigError("the 'speculators' format names its verifier: pass --target with the target model's "
+                          "directory or hub id (this draft does not record where its target was loaded from)")
+    return {"name_or_path": str(verifier), "architectures": list(block.get("target_architectures") or [])}
+
+
+def speculators_layer_fields(cfg: Any) -> dict[str, Any]:
+    """The decoder-layer keys every speculators ``transformer_layer_config`` holds (speculators builds the
+    draft layer's HF config from them); each method adds its ``model_type``, architecture and own keys."""
+    rope = dict(cfg.rope_parameters or {})
+    return {
+        "vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size, "intermediate_size": cfg.intermediate_size,
+        "num_hidden_layers": cfg.num_hidden_layers, "num_attention_heads": cfg.num_attention_heads,
+        "num_key_value_heads": cfg.num_key_value_heads, "head_dim": cfg.head_dim, "hidden_act": cfg.hidden_act,
+        "rms_norm_eps": cfg.rms_norm_eps, "max_position_embeddings": cfg.max_position_embeddings,
+        "rope_parameters": rope, "rope_theta": rope.get("rope_theta", 10000.0),
+        "attention_bias": bool(cfg.attention_bias),
+        "pad_token_id": cfg.pad_token_id, "bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id,
+        "tie_word_embeddings": False,
+    }
+
+
 def uncapturable_ids(layer_ids: Iterable[int], num_target_layers: int) -> list[int]:
     """The output-of-layer ids no engine can capture on an ``N``-layer target: outside ``[-1, N − 2]``."""
     return [int(i) for i in layer_ids if not -1 <= int(i) <= num_target_layers - 2]

@@ -24,7 +24,8 @@ from typing import Any
 from draftsmith.checkpoint import save_draft
 from draftsmith.conventions import read_config_json
 from draftsmith.errors import ConfigError, DraftsmithError
-from draftsmith.formats import engine_layer_ids, sglang_dflash_causality_problem
+from draftsmith.formats import (engine_layer_ids, sglang_dflash_causality_problem, speculators_layer_fields,
+                               speculators_verifier)
 from draftsmith.nn.weights import unwrap_model
 
 from .config import NATIVE_ARCHITECTURE
@@ -121,10 +122,7 @@ def export_speculators(draft: Any, out_dir: str | Path, *, target: str | None = 
     block = dict(getattr(cfg, "draftsmith", None) or {})
     n_target = block.get("target_num_hidden_layers") or cfg.num_target_layers
     aux = engine_layer_ids(cfg.target_layer_ids, n_target, "speculators")
-    verifier = target or block.get("target_name_or_path")
-    if not verifier:  # speculators' loader reads the verifier's embedding, lm_head and final norm
-        raise ConfigError("the 'speculators' format names its verifier: pass --target with the target model's "
-                          "directory or hub id (this draft does not record where its target was loaded from)")
+    verifier = speculators_verifier(target, block)  # its loader reads the verifier's embedding, lm_head, norm
     text = {
         "architectures": [SPECULATORS_ARCHITECTURE], "speculators_model_type": "dflash",
         "speculators_version": SPECULATORS_VERSION, "transformer_layer_config": _layer_config(cfg),
@@ -134,7 +132,7 @@ def export_speculators(draft: Any, out_dir: str | Path, *, target: str | None = 
         "speculators_config": {
             "algorithm": "dflash", "default_proposal_method": "greedy",
             "proposal_methods": [{"proposal_type": "greedy", "speculative_tokens": cfg.block_size - 1}],
-            "verifier": {"name_or_path": str(verifier), "architectures": list(block.get("target_architectures") or [])},
+            "verifier": verifier,
         },
         "torch_dtype": str(model.dtype).split(".")[-1],
         "draftsmith_export": {**block, "exported_for": "speculators", "engine_layer_ids": aux,
@@ -167,19 +165,9 @@ def _refuse_for_speculators(cfg: Any) -> None:
 def _layer_config(cfg: Any) -> dict[str, Any]:
     """The draft layer's Qwen3 config as speculators builds it (``validate_transformer_config``: a dict →
     ``Qwen3Config``); ``num_hidden_layers`` is the draft depth."""
-    rope = dict(cfg.rope_parameters or {})
-    return {
-        "model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"], "vocab_size": cfg.vocab_size,
-        "hidden_size": cfg.hidden_size, "intermediate_size": cfg.intermediate_size,
-        "num_hidden_layers": cfg.num_hidden_layers, "num_attention_heads": cfg.num_attention_heads,
-        "num_key_value_heads": cfg.num_key_value_heads, "head_dim": cfg.head_dim, "hidden_act": cfg.hidden_act,
-        "rms_norm_eps": cfg.rms_norm_eps, "max_position_embeddings": cfg.max_position_embeddings,
-        "rope_parameters": rope, "rope_theta": rope.get("rope_theta", 10000.0),
-        "attention_bias": bool(cfg.attention_bias), "layer_types": ["full_attention"] * cfg.num_hidden_layers,
-        "use_sliding_window": False, "sliding_window": None, "max_window_layers": cfg.num_hidden_layers,
-        "pad_token_id": cfg.pad_token_id, "bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id,
-        "tie_word_embeddings": False,
-    }
+    return {**speculators_layer_fields(cfg), "model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"],
+            "layer_types": ["full_attention"] * cfg.num_hidden_layers, "use_sliding_window": False,
+            "sliding_window": None, "max_window_layers": cfg.num_hidden_layers}
 
 
 def _save_body(model: Any, out: Path) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 
 from draftsmith.checkpoint import save_draft
 from draftsmith.errors import ConfigError, DraftsmithError
-from draftsmith.formats import FORMATS, engine_layer_ids, sglang_dflash_causality_problem
+from draftsmith.formats import FORMATS, engine_layer_ids, sglang_dflash_causality_problem, speculators_verifier
 from draftsmith.nn.weights import non_finite_tensors, unwrap_model
 
 REQUIRED_CONFIG_KEYS = ("architectures", "block_size", "mask_token_id", "target_layer_ids", "num_target_layers",
@@ -171,10 +171,7 @@ def export_speculators(draft: Any, out_dir: str | Path, *, target: Any = None, *
     cfg = model.config
     _refuse_plain_qwen3_mismatch(cfg, "speculators")
     block = dict(getattr(cfg, "draftsmith", None) or {})
-    verifier = target or block.get("target_name_or_path")
-    if not verifier:  # speculators' loader reads the verifier's embedding, head and norm from this path
-        raise ConfigError("the 'speculators' format names its verifier: pass --target with the target model's "
-                          "directory or hub id (this draft does not record where its target was loaded from)")
+    verifier = speculators_verifier(target, block)  # its loader reads the verifier's embedding, head, norm
     ids = engine_layer_ids(cfg.target_layer_ids, _target_layers(model), "speculators")  # in(k)
     layer = {**_qwen3_layer_fields(cfg), "model_type": "qwen3", "tie_word_embeddings": False}
     text = {
@@ -187,8 +184,7 @@ def export_speculators(draft: Any, out_dir: str | Path, *, target: Any = None, *
             "algorithm": "dspark", "default_proposal_method": "greedy",
             "proposal_methods": [{"proposal_type": "greedy", "speculative_tokens": cfg.block_size,
                                   "accept_tolerance": 0.0, "verifier_accept_k": 1}],
-            "verifier": {"name_or_path": str(verifier), "architectures": list(block.get("target_architectures")
-                                                                              or [])},
+            "verifier": verifier,
         },
         "draftsmith_export": _export_block(model, "speculators", ids), "dtype": _dtype_name(model),
     }

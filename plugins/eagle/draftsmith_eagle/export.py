@@ -32,7 +32,7 @@ import torch
 
 from draftsmith.checkpoint import save_draft
 from draftsmith.errors import ConfigError, DraftsmithError
-from draftsmith.formats import check_capturable, engine_layer_ids
+from draftsmith.formats import check_capturable, engine_layer_ids, speculators_layer_fields, speculators_verifier
 from draftsmith.nn.weights import non_finite_tensors, unwrap_model
 
 from .draft_llama import LlamaEagle3DraftModel
@@ -118,27 +118,14 @@ def export_speculators(draft: Any, out_dir: str | Path, **options: Any) -> Path:
     cfg = model.config
     block = dict(getattr(cfg, "draftsmith", None) or {})
     ids = engine_layer_ids(cfg.target_layer_ids, _target_layers(model), "speculators")
-    verifier = target or block.get("target_name_or_path")
-    if not verifier:  # speculators' loader reads the verifier's config (and crashes without a path)
-        raise ConfigError("the 'speculators' format names its verifier: pass --target with the target model's "
-                          "directory or hub id (this draft does not record where its target was loaded from)")
-    rope = dict(cfg.rope_parameters or {})
-    layer = {  # the draft layer's own HF (Llama) config
-        "model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": cfg.vocab_size,
-        "hidden_size": cfg.hidden_size, "intermediate_size": cfg.intermediate_size,
-        "num_hidden_layers": cfg.num_hidden_layers, "num_attention_heads": cfg.num_attention_heads,
-        "num_key_value_heads": cfg.num_key_value_heads, "head_dim": cfg.head_dim, "hidden_act": cfg.hidden_act,
-        "rms_norm_eps": cfg.rms_norm_eps, "max_position_embeddings": cfg.max_position_embeddings,
-        "rope_parameters": rope, "rope_theta": rope.get("rope_theta", 10000.0),
-        "attention_bias": bool(cfg.attention_bias), "mlp_bias": bool(cfg.mlp_bias),
-        "pad_token_id": cfg.pad_token_id, "bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id,
-        "tie_word_embeddings": False,
-    }
+    verifier = speculators_verifier(target, block)
+    layer = {**speculators_layer_fields(cfg),  # the draft layer's own HF (Llama) config
+             "model_type": "llama", "architectures": ["LlamaForCausalLM"], "mlp_bias": bool(cfg.mlp_bias)}
+    rope = layer["rope_parameters"]
     if rope.get("rope_type", "default") != "default":
         layer["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
     if getattr(cfg, "qkv_bias", False):
         raise ConfigError("the 'speculators' format has no q/k/v-only bias (qkv_bias): use --format vllm")
-    verifier_archs = list(block.get("target_architectures") or [])
     text = {
         "architectures": [SPECULATORS_ARCHITECTURE], "speculators_model_type": "eagle3",
         "speculators_version": "0.9.0", "transformer_layer_config": layer,
@@ -148,7 +135,7 @@ def export_speculators(draft: Any, out_dir: str | Path, **options: Any) -> Path:
         "speculators_config": {
             "algorithm": "eagle3", "default_proposal_method": "greedy",
             "proposal_methods": [{"proposal_type": "greedy", "speculative_tokens": 3}],
-            "verifier": {"name_or_path": str(verifier), "architectures": verifier_archs},
+            "verifier": verifier,
         },
         "torch_dtype": str(model.dtype).split(".")[-1],
         "draftsmith_export": {**block, "exported_for": "speculators", "engine_layer_ids": ids,
