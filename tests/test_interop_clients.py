@@ -10,8 +10,6 @@ it will capture and its logits. A missing environment is a failure, not a skip: 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -20,12 +18,11 @@ from safetensors.torch import save_file
 
 import draftsmith
 
-from support import REPO, TESTS
 from support.cli import run_cli, subprocess_env
+from support.interop import run_client_script
 from support.tiny import make_chat_data, make_target
 from support.train import run_train, toy_config
 
-ENVS = Path(os.environ.get("DRAFTSMITH_INTEROP_ENVS", REPO / ".interop"))
 CLIENTS = {"speculators": ("speculators-0.9.0", "speculators_eagle3.py"),
            "specforge": ("specforge-0.2.0", "specforge_eagle3.py"),
            "zlab": ("zlab-dflash-0.1.0", "zlab_dflash.py")}
@@ -34,13 +31,6 @@ DRAFTS = {"one_layer_full_vocab": {}, "two_layers_reduced_vocab": {"num_hidden_l
 # format -> (client, the ids the client must capture given draftsmith's output-of-layer ids)
 FORMATS = {"speculators": ("speculators", lambda ids: [i + 1 for i in ids]),
            "sglang": ("specforge", lambda ids: list(ids))}
-
-
-def _client_python(client: str) -> Path:
-    python = ENVS / CLIENTS[client][0] / "bin" / "python"
-    assert python.exists(), (f"interop environment {python.parent.parent} is missing: run "
-                             f"`bash scripts/install_interop.sh` (CI does)")
-    return python
 
 
 @pytest.fixture(scope="module")
@@ -114,13 +104,9 @@ def test_export_loads_strictly_in_the_real_client_and_matches_our_logits(trained
 
 
 def _run_client(client: str, out: Path, inputs: Path, report_file: Path, save_dir: Path | None = None) -> dict:
-    env = {**subprocess_env(), "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}  # the client's own packages only
-    extra = [str(save_dir)] if save_dir is not None else []
-    run = subprocess.run([str(_client_python(client)), str(TESTS / "interop" / CLIENTS[client][1]), str(out),
-                          str(inputs), str(report_file), *extra], capture_output=True, text=True, env=env,
-                         timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
-    return json.loads(report_file.read_text())
+    extra = [save_dir] if save_dir is not None else []
+    env_name, script = CLIENTS[client]
+    return run_client_script(env_name, script, [out, inputs, report_file, *extra], report_file)
 
 
 @pytest.mark.slow

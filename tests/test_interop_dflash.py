@@ -15,8 +15,6 @@ Each client runs in its own environment (``scripts/install_interop.sh``; ``$DRAF
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -25,12 +23,11 @@ from safetensors.torch import save_file
 
 import draftsmith
 
-from support import REPO, TESTS
 from support.cli import run_cli, subprocess_env
+from support.interop import run_client_script
 from support.tiny import make_chat_data, make_target
 from support.train import run_train, toy_config
 
-ENVS = Path(os.environ.get("DRAFTSMITH_INTEROP_ENVS", REPO / ".interop"))
 ENV_OF = {"speculators": "speculators-0.9.0", "specforge": "specforge-0.2.0", "zlab": "zlab-dflash-0.1.0"}
 MASK, BLOCK = 3, 4
 
@@ -38,14 +35,7 @@ MASK, BLOCK = 3, 4
 def _run(client: str, script: str, *args) -> dict:
     """Run ``tests/interop/<script>`` in the client's environment; its JSON report (every script takes
     ``DIR_OR_CONFIG INPUTS OUT.json [SAVE_DIR]``)."""
-    python = ENVS / ENV_OF[client] / "bin" / "python"
-    assert python.exists(), (f"interop environment {python.parent.parent} is missing: run "
-                             f"`bash scripts/install_interop.sh` (CI does)")
-    env = {**subprocess_env(), "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}  # the client's own packages only
-    run = subprocess.run([str(python), str(TESTS / "interop" / script), *map(str, args)], capture_output=True,
-                         text=True, env=env, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
-    return json.loads(Path(args[2]).read_text())
+    return run_client_script(ENV_OF[client], script, args, args[2])
 
 
 @pytest.fixture(scope="module")

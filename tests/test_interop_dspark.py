@@ -17,7 +17,6 @@ script reports them; they are checked, then our draft runs the same blocks).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
@@ -27,12 +26,11 @@ from safetensors.torch import save_file
 
 import draftsmith
 
-from support import REPO, TESTS
 from support.cli import run_cli, subprocess_env
+from support.interop import run_client_script
 from support.tiny import make_chat_data, make_target
 from support.train import run_train, toy_config
 
-ENVS = Path(os.environ.get("DRAFTSMITH_INTEROP_ENVS", REPO / ".interop"))
 NUM_TARGET_LAYERS = 6
 LAYER_IDS = [0, 2, 4]  # out(k); the default spread would end on the last layer, which no engine captures
 MASK_ID = 3  # <|mask|> of the tiny tokenizer
@@ -41,13 +39,6 @@ DRAFTS = {"vanilla": {}, "gated": {"markov_head_type": "gated"}}
 CLIENTS = {"speculators": ("speculators-0.9.0", "speculators_dspark.py", lambda ids: [i + 1 for i in ids]),
            "sglang": ("specforge-0.2.0", "specforge_dspark.py", lambda ids: list(ids))}
 SEQ, SUPERVISED = 20, (4, 12)
-
-
-def _client_python(env: str) -> Path:
-    python = ENVS / env / "bin" / "python"
-    assert python.exists(), (f"interop environment {python.parent.parent} is missing: run "
-                             f"`bash scripts/install_interop.sh` (CI does)")
-    return python
 
 
 @pytest.fixture(scope="module")
@@ -108,13 +99,8 @@ def _ours(draft, inputs: Path, anchors: list[int]) -> tuple[torch.Tensor, torch.
 
 def _run_client(fmt: str, out: Path, target: Path, inputs: Path, report: Path) -> dict:
     env_name, script, _ = CLIENTS[fmt]
-    env = {**subprocess_env(), "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}  # the client's own packages only
-    args = [str(out), str(target), str(inputs), str(report)] if fmt == "sglang" else [str(out), str(inputs),
-                                                                                       str(report)]
-    run = subprocess.run([str(_client_python(env_name)), str(TESTS / "interop" / script), *args],
-                         capture_output=True, text=True, env=env, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
-    return json.loads(report.read_text())
+    args = [out, target, inputs, report] if fmt == "sglang" else [out, inputs, report]
+    return run_client_script(env_name, script, args, report)
 
 
 @pytest.mark.slow
