@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from draftsmith.export_check import check_export
+from draftsmith.testing import edit_config_json as _edit_config
 
 from support.cli import run_cli, subprocess_env
 from support.tiny import make_target
@@ -43,16 +44,6 @@ def _copy(world, name: str, dest: str) -> Path:
     out = world["root"] / dest
     shutil.copytree(world["dirs"][name], out)
     return out
-
-
-def _edit_config(path: Path, **changes) -> None:
-    cfg = json.loads((path / "config.json").read_text())
-    for key, value in changes.items():
-        if value is None:
-            cfg.pop(key, None)
-        else:
-            cfg[key] = value
-    (path / "config.json").write_text(json.dumps(cfg))
 
 
 def test_good_exports_pass_for_their_engines(world):

@@ -91,3 +91,20 @@ def scramble(draft: torch.nn.Module, seed: int = 1, scale: float = 0.15, *, skip
             elif norms and p.dim() == 1 and "norm" in name:
                 p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
     return draft
+
+
+def edit_config_json(directory: Any, **changes: Any) -> Any:
+    """Rewrite ``directory/config.json`` with ``changes`` (a value of ``None`` removes the key) — to turn a good
+    export into the broken one a reader or ``check-export`` must refuse. Returns the directory."""
+    import json
+    from pathlib import Path
+
+    path = Path(directory) / "config.json"
+    config = json.loads(path.read_text())
+    for key, value in changes.items():
+        if value is None:
+            config.pop(key, None)
+        else:
+            config[key] = value
+    path.write_text(json.dumps(config))
+    return directory

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 import draftsmith
 from draftsmith.checkpoint import read_draft_metadata
 from draftsmith.errors import ConfigError, DraftsmithError
+from draftsmith.testing import edit_config_json as _edit
 
 NUM_TARGET_LAYERS = 6
 LAYER_IDS = [0, 2, 4]  # out(k), all capturable on a 6-layer target
@@ -263,17 +264,6 @@ def test_a_vllm_layout_without_metadata_reads_back(make, tmp_path):
 
 
 # -- reader refusals ---------------------------------------------------------------------------------------------
-def _edit(out, **changes):
-    cfg = _config(out)
-    for key, value in changes.items():
-        if value is None:
-            cfg.pop(key, None)
-        else:
-            cfg[key] = value
-    (out / "config.json").write_text(json.dumps(cfg))
-    return out
-
-
 def test_readers_refuse_the_bonus_anchor_layout(make, tmp_path):
     out = _edit(_export(make(), "vllm", tmp_path / "v"), dspark_bonus_anchor=True)
     with pytest.raises(ConfigError, match="bonus-anchor"):

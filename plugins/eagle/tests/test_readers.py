@@ -13,6 +13,7 @@ from torch.testing import assert_close
 import draftsmith
 from draftsmith.checkpoint import read_draft_metadata
 from draftsmith.errors import ConfigError, DraftsmithError
+from draftsmith.testing import edit_config_json as _rewrite
 from draftsmith_eagle.export import export_sglang, export_speculators, export_vllm
 
 WRITERS = {"vllm": export_vllm, "sglang": export_sglang, "speculators": export_speculators}
@@ -69,16 +70,6 @@ def test_public_sglang_checkpoint_without_our_metadata_is_read(eagle, tmp_path):
     read = draftsmith.load_draft(out)
     assert read.config.draftsmith["target_num_hidden_layers"] is None  # unknown: not guessed
     assert_close(_logits(read), _logits(draft), rtol=0, atol=0)
-
-
-def _rewrite(out, **changes):
-    cfg = json.loads((out / "config.json").read_text())
-    for key, value in changes.items():
-        if value is None:
-            cfg.pop(key, None)
-        else:
-            cfg[key] = value
-    (out / "config.json").write_text(json.dumps(cfg))
 
 
 def test_what_our_head_cannot_reproduce_is_refused(eagle, tmp_path):
