@@ -169,7 +169,7 @@ class Registry:
         """The one readable format whose detector accepts ``config`` (a config.json dict), or None;
         DraftConflictError when several formats of different readers claim it."""
         hits = [f for f in self.readable_formats() if f.matches(config)]
-        readers = {(f.method, f.reader if not isinstance(f.reader, str) else f.reader) for f in hits}
+        readers = {(f.method, f.reader) for f in hits}  # one layout may back several format names
         if len(readers) > 1:
             raise DraftConflictError("this checkpoint matches several formats: "
                                      + ", ".join(f"{f.method}/{f.name} ({_origin(f)})" for f in hits))
