@@ -74,11 +74,18 @@ def test_ddp_two_processes_equal_one_process(tmp_path, world, toy):
 
     train(from_dict(config(tmp_path, world, "one", batch_size=2, **{"train.grad_accum": 2})))
     path = tmp_path / "ddp.yaml"
-    path.write_text(json.dumps(config(tmp_path, world, "ddp", batch_size=1, **{"train.grad_accum": 2})))
+    path.write_text(json.dumps(config(tmp_path, world, "ddp", batch_size=1, **{"train.grad_accum": 2,
+                                                                                "train.trackers": ["tensorboard"]})))
     res = torchrun(tmp_path, "train", str(path))
     assert "2 process(es)" in res.stderr
     assert res.stdout.count("trained 4 steps") == 1  # rank-0 output only
     assert_same_run(tmp_path / "ddp", tmp_path / "one")
+    # trackers run on rank 0 only: one event file, holding the all-reduced metrics of metrics.jsonl
+    from support.trackers import tensorboard_scalars
+
+    assert len(list((tmp_path / "ddp" / "tensorboard").iterdir())) == 1
+    losses = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "ddp") if r.get("split") == "train"}
+    assert dict(tensorboard_scalars(tmp_path / "ddp" / "tensorboard")["train/loss"]) == pytest.approx(losses, rel=1e-6)
 
 
 def test_fsdp_with_sharded_target_resumes_and_equals_one_process(tmp_path, world):

@@ -20,16 +20,18 @@ from .hookspecs import hookimpl
 from .method import MethodSpec, TargetRequest
 from .formats import FormatSpec
 from .plugins import (BrokenPlugin, get_plugin_manager, get_registry, register_draft, register_format, register_method,
-                      reset_plugins)
+                      register_tracker, reset_plugins)
 from .spec import DraftSpec, DraftSpecProtocol
+from .tracking import TrackerSpec
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BrokenPlugin", "ConfigError", "DataError", "DraftConflictError", "DraftNotFoundError", "DraftSpec",
-    "DraftSpecProtocol", "DraftsmithError", "FormatSpec", "MethodSpec", "PluginLoadError", "TargetRequest", "TrainingError",
-    "get_method", "get_plugin_manager", "get_registry", "hookimpl", "list_drafts", "load_draft",
-    "register_draft", "register_format", "register_method", "reset_plugins", "resolve_draft_spec", "__version__",
+    "DraftSpecProtocol", "DraftsmithError", "FormatSpec", "MethodSpec", "PluginLoadError", "TargetRequest",
+    "TrackerSpec", "TrainingError", "get_method", "get_plugin_manager", "get_registry", "hookimpl", "list_drafts",
+    "load_draft", "register_draft", "register_format", "register_method", "register_tracker", "reset_plugins",
+    "resolve_draft_spec", "__version__",
 ]
 
 

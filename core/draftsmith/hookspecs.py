@@ -51,6 +51,21 @@ def draftsmith_register_formats(registry):
     """
 
 
+@hookspec
+def draftsmith_register_trackers(registry):
+    """Register experiment trackers: call ``registry.register_tracker(TrackerSpec(...))`` once per tracker.
+
+    A :class:`draftsmith.tracking.TrackerSpec` names the tracker (the value users put in ``train.trackers``), a
+    factory ``factory(**options) -> Tracker`` given as ``"module:Name"`` so nothing heavy is imported here, the
+    options it takes with their defaults (``tracker_options.<name>`` is checked against them) and the pip
+    requirement named when it fails to start. The built tracker gets ``start(run)``, ``log(step, split,
+    metrics)``, ``event(step, name, info)`` and ``finish(status)`` on the main rank only (see
+    :class:`draftsmith.tracking.Tracker`). Core registers ``jsonl``, ``tensorboard``, ``wandb`` and ``mlflow``
+    the same way. Two plugins registering the same name is a conflict raised when that tracker is selected.
+    Return value ignored.
+    """
+
+
 @hookspec(firstresult=True)
 def draftsmith_find_decoder_layers(model):
     """Return the ordered list of decoder layers of ``model`` (a loaded target), or ``None`` to pass.

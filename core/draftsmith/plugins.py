@@ -22,7 +22,12 @@ from .errors import PluginLoadError
 from .registry import IN_PROCESS, Provenance, Registry
 
 ENTRY_POINT_GROUP = "draftsmith"
-REGISTRATION_HOOKS = ("draftsmith_register_drafts", "draftsmith_register_methods", "draftsmith_register_formats")
+REGISTRATION_HOOKS = ("draftsmith_register_drafts", "draftsmith_register_methods", "draftsmith_register_formats",
+                      "draftsmith_register_trackers")
+# Core's own plugin modules, registered before any entry point (and not subject to DRAFTSMITH_DISABLE_PLUGINS):
+# what every installation has, registered through the same hooks a third party uses.
+BUILTIN_MODULES = ("draftsmith.tracking.builtin",)
+BUILTIN_PLUGIN = "draftsmith"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +91,9 @@ class PluginManager:
         self.loaded: list[LoadedPlugin] = []
         self.broken: list[BrokenPlugin] = []
         self.skipped: list[str] = []
+        self.builtin: list[LoadedPlugin] = []
+        for module_name in BUILTIN_MODULES:
+            self._load_builtin(module_name)
         if entry_points is None:
             entry_points = metadata.entry_points(group=ENTRY_POINT_GROUP)
         for ep in sorted(entry_points, key=lambda e: e.name):
@@ -135,6 +143,22 @@ class PluginManager:
             return self._fail(ep.name, dist, version, exc, "failed in registration hook")
         self.registry.merge(stage)
         self.loaded.append(LoadedPlugin(ep.name, dist, version, module.__name__, tuple(hooks)))
+
+    def _load_builtin(self, module_name: str) -> None:
+        """Register one of core's own plugin modules; a failure here is a bug in draftsmith itself, so it raises."""
+        import importlib
+
+        from . import __version__
+
+        module = importlib.import_module(module_name)
+        self.pm.register(module, name=f"{BUILTIN_PLUGIN}:{module_name}")
+        stage = self.registry.staged(Provenance(BUILTIN_PLUGIN, "draftsmith", __version__))
+        others = [p for p in self.pm.get_plugins() if p is not module]
+        for hook in REGISTRATION_HOOKS:
+            self.pm.subset_hook_caller(hook, remove_plugins=others)(registry=stage)
+        self.registry.merge(stage)
+        self.builtin.append(LoadedPlugin(BUILTIN_PLUGIN, "draftsmith", __version__, module_name,
+                                         tuple(_hook_names(module))))
 
     # -- typed hook wrappers ----------------------------------------------------------------------------
     def find_decoder_layers(self, model: Any) -> Any:
@@ -190,3 +214,12 @@ def register_format(fmt: Any) -> Any:
     if isinstance(fmt, FormatSpec) and fmt.plugin is None and fmt.distribution is None:
         fmt = fmt.with_provenance(IN_PROCESS, None, None)
     return get_registry().register_format(fmt)
+
+
+def register_tracker(tracker: Any) -> Any:
+    """Register an experiment tracker in this process without packaging."""
+    from .tracking.spec import TrackerSpec
+
+    if isinstance(tracker, TrackerSpec) and tracker.plugin is None and tracker.distribution is None:
+        tracker = tracker.with_provenance(IN_PROCESS, None, None)
+    return get_registry().register_tracker(tracker)

@@ -54,6 +54,7 @@ class Registry:
         self._methods: dict[str, MethodSpec] = {}
         self._method_conflicts: dict[str, list[MethodSpec]] = {}
         self._formats: dict[tuple[str, str], list[FormatSpec]] = {}
+        self._trackers: dict[str, list[Any]] = {}
         self._provenance = Provenance(IN_PROCESS, None, None)
 
     # -- registration -----------------------------------------------------------------------------------
@@ -100,8 +101,27 @@ class Registry:
             entries.append(fmt)
         return fmt
 
+    def register_tracker(self, tracker: Any) -> Any:
+        """Register an experiment tracker (a :class:`draftsmith.tracking.TrackerSpec`), selected by name with
+        ``train.trackers``."""
+        from .tracking.spec import TrackerSpec
+
+        if not isinstance(tracker, TrackerSpec):
+            raise TypeError(f"registry.register_tracker() expects a draftsmith.tracking.TrackerSpec, "
+                            f"got {type(tracker).__name__}")
+        if tracker.distribution is None and tracker.plugin is None:
+            p = self._provenance
+            tracker = tracker.with_provenance(p.plugin, p.distribution, p.version)
+        entries = self._trackers.setdefault(tracker.name, [])
+        if tracker not in entries:
+            entries.append(tracker)
+        return tracker
+
     def merge(self, other: "Registry") -> None:
         """Add everything ``other`` (a staged registry of one plugin) registered."""
+        for key, trackers in other._trackers.items():
+            entries = self._trackers.setdefault(key, [])
+            entries.extend(t for t in trackers if t not in entries)
         for key, formats in other._formats.items():
             entries = self._formats.setdefault(key, [])
             entries.extend(f for f in formats if f not in entries)
@@ -174,6 +194,21 @@ class Registry:
             raise DraftConflictError("this checkpoint matches several formats: "
                                      + ", ".join(f"{f.method}/{f.name} ({_origin(f)})" for f in hits))
         return hits[0] if hits else None
+
+    def trackers(self) -> dict[str, Any]:
+        """Registered trackers, name → spec (the last registration of a conflicting name; see get_tracker)."""
+        return {name: entries[-1] for name, entries in sorted(self._trackers.items())}
+
+    def get_tracker(self, name: str) -> Any:
+        """The tracker ``name``; ConfigError naming the installed ones, DraftConflictError naming both plugins."""
+        entries = self._trackers.get(name) or []
+        if len(entries) > 1:
+            raise DraftConflictError(f"tracker {name!r} is registered by more than one plugin: "
+                                     + " and ".join(_origin(t) for t in entries))
+        if not entries:
+            raise ConfigError(f"unknown tracker {name!r}; installed trackers: "
+                              f"{', '.join(sorted(self._trackers)) or 'none'}")
+        return entries[0]
 
     def draft_method(self, method: str) -> str:
         """Canonical method whose drafts ``method`` uses (``eagle2`` → ``eagle1``)."""

@@ -1,4 +1,4 @@
-"""`draftsmith plugins`: installed plugins, their versions, hooks, methods and load errors."""
+"""`draftsmith plugins`: installed plugins, their versions, hooks, methods, formats, trackers and load errors."""
 
 from __future__ import annotations
 
@@ -34,7 +34,8 @@ def run(args) -> int:
                               "refused_formats": sorted(n for n, f in formats.items() if f.refusal),
                               "read_formats": sorted(n for n, f in formats.items() if f.reader is not None),
                               "formats": [f.describe() for _n, f in sorted(formats.items())]})
-        print(json.dumps({"plugins": plugins, "methods": described}, indent=2))
+        trackers = [t.describe() for t in manager.registry.trackers().values()]
+        print(json.dumps({"plugins": plugins, "methods": described, "trackers": trackers}, indent=2))
         return 0
     from ._table import render_table
 
@@ -50,4 +51,7 @@ def run(args) -> int:
         cells = [f"{n} ({'refused' if f.refusal else ''}{'w' if f.writer is not None else ''}"
                  f"{'r' if f.reader is not None else ''})" for n, f in sorted(formats.items())]
         print(f"  {name}: {', '.join(cells) or 'none'}")
+    print("\ntrackers (train.trackers; options in tracker_options.<name>):")
+    for name, t in manager.registry.trackers().items():
+        print(f"  {name} ({t.distribution or t.plugin}): {t.summary}")
     return 0

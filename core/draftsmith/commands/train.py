@@ -84,7 +84,10 @@ def preflight(config, *, reading_features: bool = True) -> None:
     from draftsmith.commands.resolve import read_target_architectures
     from draftsmith.train.config import check_required
 
+    from draftsmith.tracking import check_tracker_config
+
     check_required(config, reading_features=reading_features)
+    check_tracker_config(config)
     draftsmith.get_method(config.method)
     draftsmith.resolve_draft_spec(config.method, read_target_architectures(config.target.path))
 

@@ -2,9 +2,10 @@
 
 The schema is the single source of truth: YAML files and ``--set a.b=c`` overrides are validated against it
 (unknown keys are an error with a did-you-mean), and ``draftsmith train --help`` lists every key with its
-type and default by walking it (:func:`describe_keys`). Two sections are free-form dictionaries checked against
+type and default by walking it (:func:`describe_keys`). Three sections are free-form dictionaries checked against
 the option tables the method declares (``MethodSpec.route_options``): ``draft`` (options of the draft's
-``build_draft_config``) and ``method_options`` (options of the method's objective).
+``build_draft_config``) and ``method_options`` (options of the method's objective); ``tracker_options`` is checked
+against the options each selected tracker declares (:mod:`draftsmith.tracking`).
 
 Torch-free: imported by ``draftsmith train --help``. Longer than most modules (~380 lines): it is the whole
 schema (every section and key with its help text) plus its parser, kept together so the schema has one home.
@@ -85,6 +86,13 @@ class TrainLoopConfig:
     offline_features: str | None = _field(None, "train from a `draftsmith prepare-features` cache instead of "
                                           "running the target")
     progress: bool = _field(True, "show a progress bar with ETA (rank 0)")
+    trackers: list[str] = _field(None, "experiment trackers fed every train/eval record and the config, rank 0 "
+                                 "only: jsonl (metrics.jsonl, always on), tensorboard, wandb, mlflow, or a "
+                                 "plugin's (`draftsmith plugins` lists them); options in tracker_options.<name>",
+                                 factory=lambda: ["jsonl"])
+    tracker_errors: str = _field("stop", "a tracker that fails to start stops the run before step 1 (stop) or is "
+                                 "reported and left out (warn); one failing later is always reported and dropped",
+                                 choices=("stop", "warn"))
 
 
 @dataclasses.dataclass
@@ -107,11 +115,14 @@ class RunConfig:
                                    "e.g. num_draft_layers, target_layer_ids, mask_token_id, block_size)", factory=dict)
     method_options: dict[str, Any] = _field(None, "objective options over the method's defaults (free-form)",
                                             factory=dict)
+    tracker_options: dict[str, Any] = _field(None, "per-tracker options, e.g. {wandb: {project: p, mode: offline}, "
+                                             "mlflow: {tracking_uri: ..., experiment: e}, tensorboard: {log_dir: d}} "
+                                             "(free-form; checked against each tracker's options)", factory=dict)
     train: TrainLoopConfig = _field(None, "optimisation, evaluation, checkpoints", factory=TrainLoopConfig)
     distributed: DistributedConfig = _field(None, "torchrun settings", factory=DistributedConfig)
 
 
-FREE_FORM = ("draft", "method_options")
+FREE_FORM = ("draft", "method_options", "tracker_options")
 _SECTIONS: dict[str, type] = {"target": TargetConfig, "data": DataConfig, "train": TrainLoopConfig,
                               "distributed": DistributedConfig}
 

@@ -1,35 +1,31 @@
-"""Run output on the main rank: metrics JSONL, console lines and the tqdm progress bar (with ETA)."""
+"""Run output on the main rank: records to the run's trackers (``metrics.jsonl`` and any selected in
+``train.trackers``), console lines and the tqdm progress bar (with ETA)."""
 
 from __future__ import annotations
 
-import json
-import math
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 
 def _plain(value: Any) -> Any:
     if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
         value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)  # JSON has no NaN/inf
     return value
 
 
 class RunLog:
-    """Writes ``metrics.jsonl`` and shows progress; silent on non-main ranks.
+    """Sends every record to the run's trackers and shows progress; silent on non-main ranks.
 
+    A record is a train/eval record ``{"step", "split", **metrics}`` or an event ``{"event", "step", **info}``.
     On a terminal, progress is a tqdm bar (loss, rate, ETA). When stderr is not a terminal (a log file, a batch
     job) a bar would fill the log with carriage returns, so each train record prints one line with the ETA.
     """
 
-    def __init__(self, output_dir: str | Path, *, enabled: bool, progress: bool, total: int, initial: int) -> None:
+    def __init__(self, *, enabled: bool, progress: bool, total: int, initial: int, trackers: Any = None) -> None:
         self.enabled, self.total, self.initial = enabled, total, initial
         self.step = initial
-        self.path = Path(output_dir) / "metrics.jsonl"
-        self._fh = open(self.path, "a") if enabled else None
+        self.trackers = trackers if enabled else None
         self._bar = None
         self._lines = enabled and progress and not sys.stderr.isatty()
         if enabled and progress and sys.stderr.isatty():
@@ -48,13 +44,18 @@ class RunLog:
             print(message, file=sys.stderr, flush=True)
 
     def record(self, record: dict[str, Any]) -> None:
-        if self._fh is None:
+        if not self.enabled:
             return
         record = {k: _plain(v) for k, v in record.items()}
-        self._fh.write(json.dumps(record) + "\n")
-        self._fh.flush()
+        rest = {k: v for k, v in record.items() if k not in ("step", "split", "event")}
+        if self.trackers is not None:
+            if "event" in record:
+                self.trackers.event(int(record["step"]), str(record["event"]), rest)
+            else:
+                self.trackers.log(int(record["step"]), str(record["split"]), rest)
         if self._lines and record.get("split") == "train":
-            self.info(f"step {record['step']}/{self.total}  loss {record.get('loss', float('nan')):.4g}  "
+            loss = record.get("loss", float("nan"))
+            self.info(f"step {record['step']}/{self.total}  loss {loss if isinstance(loss, str) else f'{loss:.4g}'}  "
                       f"lr {record.get('lr', 0):.3g}  {record.get('tokens_per_s', 0):.0f} tok/s  "
                       f"eta {self.eta()}")
 
@@ -73,12 +74,14 @@ class RunLog:
                 self._bar.set_postfix({k: f"{_plain(v):.4g}" if isinstance(_plain(v), float) else v
                                        for k, v in postfix.items()}, refresh=False)
 
-    def close(self) -> None:
+    def close(self, status: str = "completed") -> None:
+        """Close the bar and finish every tracker (``status``: ``"completed"`` or ``"failed"``)."""
         if self._bar is not None:
             self._bar.close()
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+            self._bar = None
+        if self.trackers is not None:
+            self.trackers.finish(status)
+            self.trackers = None
 
 
 class MetricWindow:

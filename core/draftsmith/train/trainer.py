@@ -29,8 +29,10 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from ..errors import ConfigError, TrainingError
+from ..errors import ConfigError, DraftsmithError, TrainingError
 from ..method import HasRunState, PreparesFromTokenCounts
+from ..tracking import RunTrackers, TrackerRun
+from ..tracking.fanout import STATE_FILE as TRACKER_STATE
 from . import checkpointing as ckpt
 from .config import RunConfig, dump_yaml, to_dict
 from .batching import EpochBatches, make_loader, row_datasets
@@ -101,8 +103,10 @@ class Trainer:
                             f"{self.output_dir} already holds checkpoints; pass --resume to continue that run, "
                             f"--set train.overwrite=true to start over, or another --output-dir")
                     shutil.rmtree(ckpt.checkpoint_dir(self.output_dir))
-                    for name in ("metrics.jsonl", TOKEN_COUNTS):
+                    for name in ("metrics.jsonl", TOKEN_COUNTS, TRACKER_STATE):
                         (self.output_dir / name).unlink(missing_ok=True)
+                    # the default TensorBoard dir: a fresh run's events must not mix with the old run's
+                    shutil.rmtree(self.output_dir / "tensorboard", ignore_errors=True)
                 decision = ("ok", str(path) if path else None)
             except TrainingError as exc:
                 decision = ("error", str(exc))
@@ -256,14 +260,32 @@ class Trainer:
                          else OnlineFeatures(setup.target, setup.request))
         if self.info.is_main:
             (self.output_dir / "config.yaml").write_text(dump_yaml(cfg))
-            if self.resume_from is not None:
-                _truncate_metrics(self.output_dir / "metrics.jsonl", self.step)
-        self.log = RunLog(self.output_dir, enabled=self.info.is_main, progress=t.progress, total=t.max_steps,
-                          initial=self.step)
+        self.log = RunLog(enabled=self.info.is_main, progress=t.progress, total=t.max_steps, initial=self.step,
+                          trackers=self._start_trackers())
         try:
-            return self._loop()
-        finally:
-            self.log.close()
+            result = self._loop()
+        except BaseException:
+            self.log.close("failed")
+            raise
+        self.log.close("completed")
+        return result
+
+    def _start_trackers(self) -> RunTrackers | None:
+        """The run's trackers, started on the main rank; a start failure under ``tracker_errors: stop`` stops
+        every rank (the decision is broadcast, so no rank waits in a collective for one that left)."""
+        trackers, error = None, None
+        if self.info.is_main:
+            try:
+                trackers = RunTrackers.from_config(self.config, say=self._log)
+                run = TrackerRun(self.output_dir, self.output_dir.resolve().name, to_dict(self.config),
+                                 self.step if self.resume_from is not None else None)
+                error = trackers.start(run)
+            except Exception as exc:  # noqa: BLE001 - reported on every rank below
+                error = str(exc) if isinstance(exc, DraftsmithError) else f"{type(exc).__name__}: {exc}"
+        error = broadcast_object(error)
+        if error:
+            raise TrainingError(error)
+        return trackers
 
     def _describe_start(self) -> None:
         s = self.setup
@@ -377,15 +399,3 @@ class Trainer:
         barrier()
         return final
 
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop the records a killed run logged after the checkpoint it resumes from (they are recomputed)."""
-    import json
-
-    if not path.is_file():
-        return
-    kept = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, path)

@@ -2,13 +2,14 @@
 
 The layout is the first-party plugins' skeleton: ``plugin.py`` (hooks), ``registry.py`` (draft specs and the
 option tables, torch-free), ``config.py`` (draft config), ``draft_<name>.py`` (the model), ``objective.py`` +
-``loss.py`` (training), ``drafting.py`` (decoding), ``export.py`` (formats).
+``loss.py`` (training), ``drafting.py`` (decoding), ``export.py`` (formats); ``tracker_csv.py`` shows that an
+experiment tracker is a plugin too.
 """
 
 from __future__ import annotations
 
 import draftsmith
-from draftsmith import FormatSpec, MethodSpec
+from draftsmith import FormatSpec, MethodSpec, TrackerSpec
 
 from .registry import DRAFT_OPTIONS, DRAFTER_OPTIONS, OBJECTIVE_OPTIONS, SPECS
 
@@ -38,3 +39,10 @@ def draftsmith_register_formats(registry):
         reader="draftsmith_example_plugin.export:read_heads",
         detect="draftsmith_example_plugin.export:is_heads_layout", clients=("an engine reading bare heads",),
         summary="heads.{k}.weight/bias + a small config.json, no draftsmith metadata"))
+
+
+@draftsmith.hookimpl
+def draftsmith_register_trackers(registry):
+    registry.register_tracker(TrackerSpec(
+        "csv", "draftsmith_example_plugin.tracker_csv:CsvTracker", options={"file": "scalars.csv"},
+        summary="every scalar as a CSV row (step, split, name, value) in the run directory"))
