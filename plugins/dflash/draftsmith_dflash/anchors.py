@@ -69,3 +69,13 @@ def accept_lengths(correct: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     alive = wrong.long().cumsum(dim=-1) == 0  # no valid miss so far (inclusive)
     return (alive & mask & correct).sum(dim=-1)
 
+
+
+def slot_accuracy(correct: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Accuracy per drafted slot, ``(B - 1,)``: for slot ``k ≥ 1``, ``#(valid ∧ correct) / #valid`` over the blocks
+    that supervise slot ``k`` (0 where none does). The per-position curve EAGLE's ``acc_k`` gives per TTT step;
+    the conditional acceptance per position of real decoding is ``draftsmith eval``'s. ``correct``/``mask`` are
+    ``(B, N, B)`` bool, slot 0 is the anchor."""
+    valid = mask[..., 1:]
+    hits = (valid & correct[..., 1:]).sum(dim=(0, 1)).float()
+    return hits / valid.sum(dim=(0, 1)).clamp_min(1).float()

@@ -10,7 +10,8 @@ DFlash/NeMo convention). An optional KD term (``kd_weight > 0``, off by default)
 own next-token distribution at ``a + k − 1`` to the draft's, as Model-Optimizer's self-logit distillation offers.
 
 Metrics: ``loss``, ``ce``, ``accuracy`` (argmax == label over supervised slots), ``accept_len`` (per block,
-leading correct slots + 1, over blocks with a supervised slot) and ``tau_sim`` (= ``accept_len``), ``kd``
+leading correct slots + 1, over blocks with a supervised slot) and ``tau_sim`` (= ``accept_len``), ``acc_k``
+(accuracy of drafted slot k + 1, :func:`~draftsmith_dflash.anchors.slot_accuracy`), ``kd``
 when enabled, ``num_blocks``.
 """
 
@@ -27,7 +28,8 @@ from draftsmith.nn.block_attention import ATTENTION_BACKENDS, block_position_ids
 from draftsmith.nn.documents import packed_document_ids
 from draftsmith.nn.random_stream import RandomStream
 
-from .anchors import accept_lengths, anchor_candidates, block_input_ids, block_labels, sample_anchors
+from .anchors import (accept_lengths, anchor_candidates, block_input_ids, block_labels, sample_anchors,
+                      slot_accuracy)
 from .config import check_matches_draft
 from .loss import decay_weights, decayed_cross_entropy, distillation_kl
 from .registry import DRAFT_OPTIONS, OBJECTIVE_OPTIONS
@@ -112,7 +114,8 @@ class DFlashObjective:
         # No supervised block in this micro-batch: a zero loss that still touches every trainable parameter,
         # so data-parallel gradient reduction sees the same parameters on every rank.
         zero = torch.stack([p.sum() for p in self.draft.parameters() if p.requires_grad]).sum() * 0.0
-        metrics = {"loss": 0.0, "ce": 0.0, "accuracy": 0.0, "accept_len": 0.0, "tau_sim": 0.0, "num_blocks": 0}
+        metrics = {"loss": 0.0, "ce": 0.0, "accuracy": 0.0, "accept_len": 0.0, "tau_sim": 0.0, "num_blocks": 0,
+                   **{f"acc_{k}": 0.0 for k in range(self.block_size - 1)}}
         return ObjectiveOutput(loss=zero, metrics=metrics, num_tokens=0)
 
     def __call__(self, batch: Mapping[str, torch.Tensor], features: TargetFeatures) -> ObjectiveOutput:
@@ -150,6 +153,8 @@ class DFlashObjective:
             metrics.update(loss=loss.detach(), ce=ce_loss.detach(),
                            accuracy=correct[sel].float().mean(), accept_len=accept.mean(), tau_sim=accept.mean(),
                            num_blocks=int(blocks.sum()))
+            # acc_k: accuracy of drafted slot k + 1 (0-based like EAGLE's acc_k), the curve trackers plot
+            metrics.update({f"acc_{k}": a for k, a in enumerate(slot_accuracy(correct, mask))})
         return ObjectiveOutput(loss=loss, metrics=metrics, num_tokens=int(sel[0].numel()))
 
     def _kd(self, logits: torch.Tensor, features: TargetFeatures, anchors: torch.Tensor,

@@ -101,7 +101,7 @@ def _scatter(eval_mask: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def dspark_diagnostics(eval_mask: torch.Tensor, block_keep_mask: torch.Tensor, correct: torch.Tensor,
                        acc: torch.Tensor | None, confidence_pred: torch.Tensor | None) -> dict[str, torch.Tensor]:
-    """accuracy, greedy ``tau_sim``; with a teacher ``accept_rate@k`` (1-based slot), ``accept_rate``,
+    """accuracy, ``acc_k`` (accuracy of drafted slot k + 1), greedy ``tau_sim``; with a teacher ``accept_rate@k`` (1-based slot), ``accept_rate``,
     analytic ``tau_analytic = mean(1 + Σ_k Π_{j≤k} α_j)`` over blocks with a supervised slot (always ≥ 1); with
     a confidence head its absolute error, bias and cumulative-product bias against α."""
     ev = eval_mask.float()  # (B, A, γ)
@@ -109,7 +109,11 @@ def dspark_diagnostics(eval_mask: torch.Tensor, block_keep_mask: torch.Tensor, c
     n_blocks = valid_blocks.sum().clamp_min(1)
     n_rows = ev.sum().clamp_min(1)
     out = {"accuracy": correct.float().sum() / n_rows}
-    hits = torch.cumprod(_scatter(eval_mask, correct.float()), dim=-1)  # leading correct slots (eval is a prefix)
+    slot_hits = _scatter(eval_mask, correct.float())  # (B, A, γ)
+    slot_acc = slot_hits.sum(dim=(0, 1)) / ev.sum(dim=(0, 1)).clamp_min(1)  # (γ,) accuracy of each drafted slot
+    for k in range(slot_acc.shape[0]):
+        out[f"acc_{k}"] = slot_acc[k]  # 0-based like EAGLE's acc_k: the per-position curve trackers plot
+    hits = torch.cumprod(slot_hits, dim=-1)  # leading correct slots (eval is a prefix)
     out["tau_sim"] = 1.0 + (hits.sum(-1) * valid_blocks).sum() / n_blocks
     if acc is None:
         return out
