@@ -1,24 +1,30 @@
-"""Reading training data: JSONL lines → validated, normalised records.
+"""Reading training data: JSONL lines, JSON arrays, parquet / arrow rows → validated, normalised records.
 
-Three line formats are accepted (one per line, mixed files are fine):
+Files: ``*.jsonl`` (one JSON object per line; any file that is not one of the others is read this way), ``*.json``
+(a top-level JSON array of records when it starts with ``[``, else JSON lines), ``*.parquet`` and ``*.arrow``
+files and ``datasets`` ``save_to_disk`` directories (:mod:`.columnar`), or directories mixing them.
+Three record formats are accepted (mixed files are fine):
 
 * OpenAI ``{"messages": [{"role": ..., "content": ...}, ...], "tools": [...]?}``;
 * ShareGPT ``{"conversations": [{"from": "human"|"gpt"|"system"|..., "value": ...}, ...]}`` (or OpenAI-style
   role/content items under ``conversations``), converted to OpenAI messages;
 * pre-tokenised ``{"input_ids": [...], "loss_mask": [...]}`` (equal lengths, mask of 0/1).
 
-A malformed line is a :class:`BadLine` carrying ``file:line`` and the reason; ``on_bad_data="error"`` raises it
-as a :class:`~draftsmith.errors.DataError`, ``"skip"`` counts it. Torch-free.
+A malformed record is a :class:`BadLine` carrying ``file:line`` (``file:row N`` for array items and columnar
+rows) and the reason; ``on_bad_data="error"`` raises it as a :class:`~draftsmith.errors.DataError`, ``"skip"``
+counts it. Torch-free.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from ..errors import DataError
+from . import columnar
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 # ShareGPT speaker names → OpenAI roles.
@@ -33,7 +39,7 @@ SHAREGPT_ROLES = {
 class Record:
     """One usable line: a chat (``messages``) or a pre-tokenised sample (``input_ids`` + ``loss_mask``)."""
 
-    source: str  # "file:line"
+    source: str  # "file:line", or "file:row N" for a JSON-array item or a columnar row
     messages: list[dict[str, Any]] | None = None
     tools: list[Any] | None = None
     input_ids: list[int] | None = None
@@ -48,23 +54,67 @@ class BadLine(DataError):
     """A malformed data line; the message starts with ``file:line``."""
 
 
-def expand_paths(paths: str | Path | Sequence[str | Path]) -> list[Path]:
-    """Data files from paths that may be files or directories (every ``*.jsonl`` / ``*.json`` inside, sorted)."""
+DATA_SUFFIXES = (".jsonl", ".json", *columnar.SUFFIXES)  # what a directory is searched for
+
+
+def data_sources(paths: str | Path | Sequence[str | Path]) -> list[Path]:
+    """What :func:`read_records` reads, in order: data files and ``save_to_disk`` directories.
+
+    A directory is a ``save_to_disk`` dataset itself, or is searched (recursively, sorted by path) for
+    ``*.jsonl``, ``*.json``, ``*.parquet`` and ``*.arrow`` files and ``save_to_disk`` datasets — each dataset one
+    source: its shards and metadata files are not read on their own.
+    """
     if isinstance(paths, (str, Path)):
         paths = [paths]
-    files: list[Path] = []
+    sources: list[Path] = []
     for p in paths:
         p = Path(p)
         if p.is_dir():
-            found = sorted(q for q in p.rglob("*") if q.suffix in (".jsonl", ".json") and q.is_file())
-            if not found:
-                raise DataError(f"data directory {str(p)!r} contains no *.jsonl files")
-            files.extend(found)
+            sources.extend(_directory_sources(p))
         elif p.is_file():
-            files.append(p)
+            sources.append(p)
         else:
-            raise DataError(f"data file {str(p)!r} does not exist")
+            raise DataError(f"data file {str(p)!r} does not exist{hub_hint(str(p))}")
+    return sources
+
+
+def expand_paths(paths: str | Path | Sequence[str | Path]) -> list[Path]:
+    """The data files behind :func:`data_sources` (a ``save_to_disk`` directory stands for its ``*.arrow``
+    shards): what identifies the data, e.g. in the feature cache's manifest."""
+    files: list[Path] = []
+    for source in data_sources(paths):
+        files.extend(columnar.dataset_dir_files(source) if source.is_dir() else [source])
     return files
+
+
+def _directory_sources(root: Path) -> list[Path]:
+    if columnar.is_dataset_dict_dir(root):
+        raise columnar.dataset_dict_error(root)
+    if columnar.is_dataset_dir(root):
+        return [root]
+    for meta in sorted(root.rglob(columnar.DATASET_DICT_FILE)):
+        raise columnar.dataset_dict_error(meta.parent)
+    dataset_dirs = {meta.parent for name in columnar.DATASET_FILES for meta in root.rglob(name)}
+    dataset_dirs = {d for d in dataset_dirs if not any(e in d.parents for e in dataset_dirs)}  # outermost only
+    files = [q for q in root.rglob("*") if q.suffix in DATA_SUFFIXES and q.is_file()
+             and not any(d in q.parents for d in dataset_dirs)]
+    found = sorted(files + list(dataset_dirs))
+    if not found:
+        raise DataError(f"data directory {str(root)!r} contains no *.jsonl, *.json, *.parquet or *.arrow files")
+    return found
+
+
+_HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+
+
+def hub_hint(path: str, key: str = "the data path") -> str:
+    """For a missing data path that looks like a hub dataset name (``owner/name``, no data-file suffix, no local
+    ``owner`` directory): how to get it, as a clause to append to the error; else ``""``."""
+    if not _HUB_NAME.fullmatch(path) or path.endswith(DATA_SUFFIXES) or Path(path.split("/")[0]).exists():
+        return ""
+    return (f"; draftsmith reads local files only — if {path!r} is a Hugging Face hub dataset, download it with "
+            f"`hf download --repo-type dataset {path} --local-dir DIR` and point {key} at DIR (or at the files "
+            f"of one split in it)")
 
 
 def _text(content: Any, where: str) -> str:
@@ -169,20 +219,17 @@ class ReadStats:
 
 def read_records(paths: str | Path | Sequence[str | Path], *, on_bad_data: str = "error",
                  stats: ReadStats | None = None) -> Iterator[Record]:
-    """Records of every non-blank line of the data files, in order."""
+    """Records of every non-blank line (array item, row) of the data sources, in order."""
     if on_bad_data not in ("error", "skip"):
         raise DataError(f"on_bad_data must be 'error' or 'skip', got {on_bad_data!r}")
     stats = stats if stats is not None else ReadStats()
-    for path in expand_paths(paths):
+    for path in data_sources(paths):
         stats.files += 1
-        for lineno, line in _lines(path):
+        for source, obj in _objects(path):
             stats.lines += 1
-            source = f"{path}:{lineno}"
             try:
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise BadLine(f"{source}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+                if isinstance(obj, BadLine):  # a line that is not JSON
+                    raise obj
                 record = parse_line(obj, source)
             except BadLine as bad:
                 if on_bad_data == "error":
@@ -194,6 +241,25 @@ def read_records(paths: str | Path | Sequence[str | Path], *, on_bad_data: str =
             yield record
 
 
+def _objects(path: Path) -> Iterator[tuple[str, Any]]:
+    """``(source, decoded object)`` of each non-blank line, JSON-array item or columnar row of one source; a
+    line that is not JSON comes as its :class:`BadLine`."""
+    if path.is_dir() or columnar.is_columnar_file(path):
+        for n, row in columnar.rows(path):
+            yield f"{path}:row {n}", row
+    elif path.suffix == ".json" and _is_json_array(path):
+        for n, item in enumerate(_json_array(path), 1):
+            yield f"{path}:row {n}", item
+    else:
+        for lineno, line in _lines(path):
+            source = f"{path}:{lineno}"
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                obj = BadLine(f"{source}: invalid JSON ({exc.msg} at column {exc.colno})")
+            yield source, obj
+
+
 def _lines(path: Path) -> Iterable[tuple[int, str]]:
     try:
         with open(path, encoding="utf-8") as fh:
@@ -202,3 +268,23 @@ def _lines(path: Path) -> Iterable[tuple[int, str]]:
                     yield lineno, line
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
+def _is_json_array(path: Path) -> bool:
+    """Whether the file's first non-blank character (after a UTF-8 byte-order mark) is ``[``."""
+    with open(path, "rb") as fh:
+        head = fh.read(4096).removeprefix(b"\xef\xbb\xbf")
+        while head and not head.lstrip():
+            head = fh.read(4096)
+    return head.lstrip()[:1] == b"["
+
+
+def _json_array(path: Path) -> list[Any]:
+    try:
+        items = json.loads(path.read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: invalid JSON array ({exc.msg} at line {exc.lineno} column {exc.colno}); a .json "
+                        f"file starting with '[' is read as one array of records") from None
+    return items
