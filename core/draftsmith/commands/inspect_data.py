@@ -13,7 +13,7 @@ truncation, supervised fraction.
 
 def add_arguments(parser) -> None:
     parser.add_argument("--target", required=True, help="local HF model directory (its tokenizer and config)")
-    parser.add_argument("--data", required=True, action="append", help="JSONL file or directory (repeatable)")
+    parser.add_argument("--data", required=True, action="append", help="data file (JSONL, JSON array, parquet, arrow) or directory (repeatable)")
     parser.add_argument("--chat-template", help="Jinja chat template file overriding the tokenizer's")
     parser.add_argument("--seq-len", type=int, default=2048, help="truncation length (default 2048)")
     parser.add_argument("--index", type=int, default=0, help="first sample to show (default 0)")

@@ -10,7 +10,8 @@ DESCRIPTION = """Train a speculative-decoding draft for a local Hugging Face tar
   torchrun --nproc-per-node 8 -m draftsmith train CONFIG.yaml
 
 Precedence: config file < flags < --set. The trained draft is saved to <output-dir>/final (load it with
-draftsmith.load_draft); checkpoints go to <output-dir>/checkpoints, metrics to <output-dir>/metrics.jsonl.
+draftsmith.load_draft); checkpoints go to <output-dir>/checkpoints, metrics to <output-dir>/metrics.jsonl and the trackers in
+train.trackers (tensorboard, wandb, mlflow, ...); `draftsmith report <output-dir>` plots them.
 """
 
 # flag dest -> config key (the flags are shortcuts for the most common keys)
@@ -39,8 +40,9 @@ def add_common_arguments(parser) -> None:
                         help="override a config key, e.g. --set train.lr=2e-4 (repeatable; YAML values)")
     parser.add_argument("--method", help="draft method: eagle1, eagle2, eagle3, dflash, dspark, ... (method)")
     parser.add_argument("--target", help="local HF model directory of the target (target.path)")
-    parser.add_argument("--data", action="append", help="training JSONL file or directory (data.train; repeatable)")
-    parser.add_argument("--eval-data", action="append", help="held-out JSONL (data.eval; repeatable)")
+    parser.add_argument("--data", action="append", help="training data: JSONL, JSON array, parquet or arrow file, a datasets save_to_disk dir, or a directory "
+                             "of them (data.train; repeatable)")
+    parser.add_argument("--eval-data", action="append", help="held-out data, same formats (data.eval; repeatable)")
     parser.add_argument("--chat-template", help="Jinja chat template file overriding the tokenizer's "
                                                 "(data.chat_template)")
     parser.add_argument("--seq-len", type=int, help="truncate samples to N tokens (data.seq_len)")

@@ -42,8 +42,9 @@ class TargetConfig:
 
 @dataclasses.dataclass
 class DataConfig:
-    train: list[str] = _field(None, "training data: JSONL file(s) or directories of *.jsonl "
-                              "(OpenAI messages, ShareGPT conversations or {input_ids, loss_mask})", factory=list)
+    train: list[str] = _field(None, "training data: local *.jsonl, *.json (JSON lines or one array), *.parquet, "
+                              "*.arrow files, datasets save_to_disk directories, or directories of them (OpenAI "
+                              "messages, ShareGPT conversations or input_ids + loss_mask)", factory=list)
     eval: list[str] = _field(None, "held-out evaluation data (same formats); empty = split eval_fraction off train",
                              factory=list)
     eval_fraction: float = _field(0.02, "fraction of train samples held out for eval when data.eval is empty")
@@ -51,7 +52,7 @@ class DataConfig:
     seq_len: int = _field(2048, "truncate every sample to this many tokens (also the packed row length)")
     chat_template: str | None = _field(None, "Jinja chat template file (or string) overriding the tokenizer's")
     packing: bool = _field(False, "pack several samples per row with per-document position_ids")
-    on_bad_data: str = _field("error", "malformed line: stop with file:line (error) or skip and count it (skip)",
+    on_bad_data: str = _field("error", "malformed line/row: stop with file:line (error) or skip and count it (skip)",
                               choices=("error", "skip"))
     max_samples: int = _field(0, "use only the first N usable samples (0 = all); handy for smoke runs")
     num_workers: int = _field(0, "DataLoader worker processes")
@@ -345,11 +346,13 @@ def check_required(config: RunConfig, *, need_data: bool = True, reading_feature
         raise ConfigError(f"target path {config.target.path!r} is not a directory")
     offline = config.train.offline_features if reading_features else None
     if need_data and not config.data.train and not offline:
-        raise ConfigError("no training data given: pass --data FILE.jsonl (config key 'data.train')")
+        raise ConfigError("no training data given: pass --data FILE.jsonl|FILE.parquet|DIR (config key 'data.train')")
     for key, files in (("data.train", config.data.train), ("data.eval", config.data.eval)):
         for f in files:
             if not Path(f).exists():
-                raise ConfigError(f"{key}: data file {f!r} does not exist")
+                from ..data.records import hub_hint
+
+                raise ConfigError(f"{key}: data file {f!r} does not exist{hub_hint(str(f), key)}")
     if offline and not Path(offline).is_dir():
         raise ConfigError(f"train.offline_features: {config.train.offline_features!r} is not a directory")
 
