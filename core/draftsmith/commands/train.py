@@ -40,8 +40,9 @@ def add_common_arguments(parser) -> None:
                         help="override a config key, e.g. --set train.lr=2e-4 (repeatable; YAML values)")
     parser.add_argument("--method", help="draft method: eagle1, eagle2, eagle3, dflash, dspark, ... (method)")
     parser.add_argument("--target", help="local HF model directory of the target (target.path)")
-    parser.add_argument("--data", action="append", help="training data: JSONL, JSON array, parquet or arrow file, a datasets save_to_disk dir, or a directory "
-                             "of them (data.train; repeatable)")
+    parser.add_argument("--data", action="append",
+                        help="training data: JSONL, JSON array, parquet or arrow file, a datasets save_to_disk dir, "
+                             "or a directory of them (data.train; repeatable)")
     parser.add_argument("--eval-data", action="append", help="held-out data, same formats (data.eval; repeatable)")
     parser.add_argument("--chat-template", help="Jinja chat template file overriding the tokenizer's "
                                                 "(data.chat_template)")
