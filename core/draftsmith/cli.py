@@ -26,6 +26,7 @@ COMMANDS = (
     "regenerate",
     "export",
     "check-export",
+    "report",
 )
 
 
