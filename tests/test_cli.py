@@ -7,7 +7,13 @@ import pytest
 from support.cli import run_cli
 
 SUBCOMMANDS = ["list-drafts", "plugins", "resolve", "train", "prepare-features", "inspect-data", "eval",
-               "regenerate", "export"]
+               "regenerate", "export", "check-export", "report"]
+
+
+def test_the_help_test_covers_every_subcommand():
+    from draftsmith.cli import COMMANDS
+
+    assert sorted(SUBCOMMANDS) == sorted(COMMANDS)
 
 
 def test_list_drafts_table(cli_env):
