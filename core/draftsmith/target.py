@@ -170,8 +170,12 @@ def check_target_dir(path: str | Path) -> Path:
 
 
 def load_target(path: str | Path, *, dtype: torch.dtype | str | None = None, device: str | torch.device = "cpu",
-                trust_remote_code: bool = False, attn_implementation: str | None = "sdpa") -> nn.Module:
-    """Load a frozen target (``eval()``, no grad) from a local directory; safetensors only."""
+                trust_remote_code: bool = False, attn_implementation: str | None = "auto") -> nn.Module:
+    """Load a frozen target (``eval()``, no grad) from a local directory; safetensors only.
+
+    ``attn_implementation="auto"``: SDPA where transformers offers it for the family, else eager — transformers
+    refuses SDPA for some families (gpt-oss's attention sinks, Gemma 2's soft-capping) rather than running them
+    wrong. Any other value is passed to transformers as is."""
     from transformers import AutoModelForCausalLM
 
     path = check_target_dir(path)
@@ -183,10 +187,16 @@ def load_target(path: str | Path, *, dtype: torch.dtype | str | None = None, dev
                               "local_files_only": True}
     if dtype is not None:
         kwargs["dtype"] = dtype
+    auto = attn_implementation == "auto"
     if attn_implementation:
-        kwargs["attn_implementation"] = attn_implementation
+        kwargs["attn_implementation"] = "sdpa" if auto else attn_implementation
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+        except ValueError as exc:
+            if not (auto and "scaled_dot_product_attention" in str(exc)):
+                raise
+            model = AutoModelForCausalLM.from_pretrained(str(path), **{**kwargs, "attn_implementation": "eager"})
     except (OSError, ValueError, KeyError) as exc:
         raise DraftsmithError(f"cannot load target {str(path)!r}: {str(exc).splitlines()[0]}") from exc
     model.to(device)

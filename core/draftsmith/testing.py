@@ -27,7 +27,9 @@ _DECOUPLED_HEAD_DIM = ("Qwen3ForCausalLM", "Qwen3MoeForCausalLM", "MistralForCau
 
 def tiny_target_config(arch: str = "Qwen3ForCausalLM", num_layers: int = 4, **overrides: Any):
     """A tiny transformers config of ``arch`` (``Qwen3``, ``Qwen3Moe``, ``Llama``, ``Qwen2``, ``Mistral``,
-    ``Phi3``, ``GptOss`` ``…ForCausalLM``); ``overrides`` replace any field."""
+    ``Phi3``, ``GptOss`` ``…ForCausalLM``, and the families of :mod:`draftsmith.tiny_families`: Mixtral, Qwen2-MoE,
+    Qwen3-Next, Qwen3.5, Gemma 2/3/4, DeepSeek-V3/V4, GLM-4 MoE, OLMo 2/3, Granite, SmolLM3, Ernie 4.5, Hunyuan,
+    MiniMax-M2); ``overrides`` replace any field."""
     import transformers
 
     kw: dict[str, Any] = {**TINY_SIZES, "num_hidden_layers": num_layers, "architectures": [arch], **overrides}
@@ -44,8 +46,24 @@ def tiny_target_config(arch: str = "Qwen3ForCausalLM", num_layers: int = 4, **ov
                     "MistralForCausalLM": "MistralConfig", "Phi3ForCausalLM": "Phi3Config",
                     "GptOssForCausalLM": "GptOssConfig"}.get(arch)
     if config_class is None:
-        raise KeyError(f"no tiny config for {arch!r}")
+        from .tiny_families import SPECIAL_IDS, TINY_FAMILIES
+
+        if arch not in TINY_FAMILIES:
+            raise KeyError(f"no tiny config for {arch!r}; known: {', '.join(sorted(known_tiny_architectures()))}")
+        config_class, extra = TINY_FAMILIES[arch]
+        kw = {**SPECIAL_IDS, **kw}
     return getattr(transformers, config_class)(**{**kw, **{k: v for k, v in extra.items() if k not in overrides}})
+
+
+_CORE_TINY = ("Qwen3ForCausalLM", "Qwen3MoeForCausalLM", "LlamaForCausalLM", "Qwen2ForCausalLM",
+              "MistralForCausalLM", "Phi3ForCausalLM", "GptOssForCausalLM")
+
+
+def known_tiny_architectures() -> list[str]:
+    """Every architecture :func:`tiny_target_config` can build (the coverage matrix's rows)."""
+    from .tiny_families import TINY_FAMILIES
+
+    return list(_CORE_TINY) + list(TINY_FAMILIES)
 
 
 def make_tiny_target(config: Any, seed: int = 0, *, attn_implementation: str | None = None,

@@ -3,6 +3,14 @@
 A chain round appends ``k + 1`` rows (anchor + drafts) and keeps the anchor and the accepted prefix: a crop.
 A tree round appends one row per node and keeps the anchor and the accepted path, which need not be contiguous:
 the kept rows are gathered into place (compaction), so the cache again holds exactly the committed tokens.
+
+Linear-attention layers (Qwen3-Next, Qwen3.5: gated delta rule) hold a recurrent state with no sequence axis.
+transformers' ``crop`` rolls back only their convolution window, not the recurrent state, which after a
+verification forward already includes the rejected drafts — greedy speculative decoding then drifts from the
+target's own output (measured on a tiny Qwen3.5: the state after a 3-token forward cropped by 2 gives logits off
+by 1.7e-2, enough to flip argmaxes). So for such targets the engine snapshots those layers before verifying and,
+after a rejection, restores them and re-runs the committed tokens (:func:`snapshot_recurrent`,
+:func:`rewind_recurrent`): one extra target forward of ``accepted + 1`` tokens per rejected round.
 """
 
 from __future__ import annotations
@@ -66,6 +74,37 @@ def compact(cache: Any, block_len: int, keep: Sequence[int]) -> None:
         if isinstance(layer, DynamicSlidingWindowLayer):
             layer.cumulative_length -= block_len - len(keep)
     cache.crop(0)  # sliding layers shrink back to their window
+
+
+def _recurrent_layers(cache: Any) -> list[Any]:
+    return [layer for layer in getattr(cache, "layers", ()) if hasattr(layer, "recurrent_states")]
+
+
+def snapshot_recurrent(cache: Any) -> list[tuple[dict, dict, dict]] | None:
+    """Copies of every linear-attention layer's conv / recurrent states (dicts keyed by state index, as
+    transformers keeps them), or None when the cache has no such layer."""
+    layers = _recurrent_layers(cache)
+    if not layers:
+        return None
+    clone = (lambda t: t.clone() if torch.is_tensor(t) else t)
+    return [({i: clone(t) for i, t in layer.conv_states.items()},
+             {i: clone(t) for i, t in layer.recurrent_states.items()},
+             dict(layer.has_previous_state)) for layer in layers]
+
+
+def rewind_recurrent(cache: Any, snapshot: list[tuple[dict, dict, dict]], length: int) -> None:
+    """Back to the state before the verification forward: attention layers cropped to ``length`` positions,
+    linear-attention layers restored from ``snapshot``. The caller then re-runs the committed tokens."""
+    crop(cache, length)
+    for layer, (conv, recurrent, previous) in zip(_recurrent_layers(cache), snapshot):
+        for i, t in conv.items():
+            layer.conv_states[i] = t
+        for i, t in recurrent.items():
+            if torch.is_tensor(layer.recurrent_states.get(i)) and torch.is_tensor(t):
+                layer.recurrent_states[i].copy_(t)  # in place: the layer keeps a static address for CUDA graphs
+            else:
+                layer.recurrent_states[i] = t
+        layer.has_previous_state.update(previous)
 
 
 def _text_config(model: Any) -> Any:

@@ -25,7 +25,8 @@ from ..errors import ConfigError, DraftsmithError
 from ..method import Proposal, SuggestsNumTokens, TargetFeatures
 from ..target import FeatureCapture, target_heads
 from . import cache as kv
-from .plain import as_prompt, cache_kwargs, check_max_new_tokens, model_device, prefill, synchronize
+from .plain import (as_prompt, cache_kwargs, check_max_new_tokens, model_device, prefill, supports_logits_to_keep,
+                    synchronize)
 from .sampling import SamplingConfig, pick_token, target_distribution
 from .stats import GenerationResult, RoundRecord
 from .verify import DraftTree, Verification, verify_greedy, verify_sampling
@@ -124,6 +125,11 @@ class SpeculativeDecoder:
         draft_ids, tree, draft_probs = self._check(proposal, k)  # reads the tokens: synchronises
         t1 = time.perf_counter()
 
+        recurrent = kv.snapshot_recurrent(cache)  # linear-attention state cannot be cropped: keep a copy
+        if recurrent is not None and not tree.is_chain:
+            raise DraftsmithError("tree verification cannot run on a target with linear-attention layers (their "
+                                  "recurrent state sees every node in order, not the tree's ancestors); use chain "
+                                  "drafting (e.g. eagle1 instead of eagle2)")
         v = self._verify(anchor, past, draft_ids, tree, draft_probs, cache)
         # one device→host transfer for everything the bookkeeping needs
         summary = torch.cat([v.num_accepted[:1], v.next_token[:1], v.offered[0].sum().view(1), v.path[0]]).tolist()
@@ -136,9 +142,12 @@ class SpeculativeDecoder:
                 break
         new = new[:remaining]
         keep = [0] + [i + 1 for i in path]  # verification rows of the anchor and the accepted drafts
-        kv.compact(cache, tree.num_tokens + 1, keep)
-        tokens.extend(new)
         features = select_features(self.capture.features(), keep)
+        if recurrent is not None and len(keep) < tree.num_tokens + 1:
+            self._recompute(cache, recurrent, past, [anchor] + [draft_ids[i] for i in path])
+        else:
+            kv.compact(cache, tree.num_tokens + 1, keep)
+        tokens.extend(new)
         t2 = time.perf_counter()
 
         if tokens[-1] not in self.eos and len(tokens) < max_new_tokens:
@@ -148,6 +157,16 @@ class SpeculativeDecoder:
         t3 = time.perf_counter()
         return RoundRecord(drafted=tree.num_tokens, accepted=accepted, committed=len(new), offered_depths=offered,
                            draft_time=(t1 - t0) + (t3 - t2), verify_time=t2 - t1)
+
+    def _recompute(self, cache: Any, snapshot: Any, past: int, committed: list[int]) -> None:
+        """After a rejection on a target with linear-attention layers: restore the state from before the
+        verification forward and run the committed tokens (anchor + accepted drafts) through the target again."""
+        kv.rewind_recurrent(cache, snapshot, past)
+        ids = torch.tensor([committed], dtype=torch.long, device=self.device)  # (1, a + 1)
+        positions = torch.arange(past, past + len(committed), device=self.device)[None]
+        kwargs = {"logits_to_keep": 1} if supports_logits_to_keep(self.target) else {}
+        self.target(input_ids=ids, position_ids=positions, **cache_kwargs(self.target, cache), **kwargs)
+        kv.crop(cache, past + len(committed))  # linear layers drop the conv history recorded for rollback
 
     def _verify(self, anchor: int, past: int, draft_ids: list[int], tree: DraftTree,
                 draft_probs: torch.Tensor | None, cache: Any) -> Verification:

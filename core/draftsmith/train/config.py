@@ -36,7 +36,8 @@ class TargetConfig:
     dtype: str = _field("auto", "target weights dtype; auto = bfloat16 on GPU, float32 on CPU",
                         choices=("auto", "float32", "bfloat16", "float16"))
     trust_remote_code: bool = _field(False, "allow the target's own modelling code (off unless you trust it)")
-    attn_implementation: str = _field("sdpa", "attention kernel of the target (sdpa, eager, flash_attention_2)")
+    attn_implementation: str = _field("auto", "attention kernel of the target: auto (sdpa where transformers offers "
+                                      "it for the family, else eager), sdpa, eager, flash_attention_2")
     shard: bool = _field(False, "shard the frozen target with FSDP2 over the data-parallel ranks (GPU, big targets)")
 
 
