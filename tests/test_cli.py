@@ -89,8 +89,8 @@ def test_resolve_architecture(cli_env):
 
 @pytest.mark.parametrize("args, expected", [
     (["resolve", "--method", "medusa2", "--architecture", "LlamaForCausalLM"], "unknown draft method 'medusa2'"),
-    (["resolve", "--method", "dspark", "--architecture", "GptOssForCausalLM"],
-     "no 'dspark' draft spec registered for any of ['GptOssForCausalLM']"),
+    (["resolve", "--method", "dspark", "--architecture", "DeepseekV4ForCausalLM"],
+     "no 'dspark' draft spec registered for any of ['DeepseekV4ForCausalLM']"),
     (["resolve", "--method", "eagle3", "--target", "/nonexistent/model"], "does not exist"),
 ])
 def test_bad_input_is_one_clear_line(cli_env, args, expected):

@@ -114,7 +114,8 @@ def test_first_party_coverage_and_compat_views():
     six = {"LlamaForCausalLM", "Phi3ForCausalLM", "Qwen3ForCausalLM", "Qwen3MoeForCausalLM",
            "MistralForCausalLM", "Qwen2ForCausalLM"}
     assert six <= set(EAGLE1_DRAFT_REGISTRY) and six | {"GptOssForCausalLM"} <= set(EAGLE3_DRAFT_REGISTRY)
-    assert "GptOssForCausalLM" not in EAGLE1_DRAFT_REGISTRY
+    assert EAGLE1_DRAFT_REGISTRY["GptOssForCausalLM"].draft_class_path == \
+        "draftsmith_eagle.draft_llama_v12:LlamaEagleDraftModel"
     assert EAGLE3_DRAFT_REGISTRY["GptOssForCausalLM"].draft_class_path == \
         "draftsmith_eagle.draft_gpt_oss:GptOssEagle3DraftModel"
     assert resolve_eagle3_draft_spec(["Qwen3ForCausalLM"]).draft_class_path == \
@@ -127,9 +128,9 @@ def test_first_party_coverage_and_compat_views():
     ]:
         assert {"Qwen3ForCausalLM", "Qwen3MoeForCausalLM"} <= set(view)
         assert resolve(["Qwen3MoeForCausalLM"]).draft_class_path == cls
-        assert view.get("GptOssForCausalLM") is None and "GptOssForCausalLM" not in view
+        assert view.get("DeepseekV4ForCausalLM") is None and "DeepseekV4ForCausalLM" not in view
     with pytest.raises(DraftNotFoundError, match="no 'dspark' draft spec registered"):
-        resolve_dspark_draft_spec(["GptOssForCausalLM"])
+        resolve_dspark_draft_spec(["DeepseekV4ForCausalLM"])
     # Views are live: an in-process registration shows up.
     draftsmith.register_draft(DraftSpec(method="dflash", architectures=("OlmoForCausalLM",),
                                         draft_cls="draftsmith_dflash.draft_qwen3:Qwen3DFlashDraftModel"))

@@ -36,7 +36,7 @@ def test_template_entries_appear_resolve_and_disappear(installed_template, cli_e
         "draftsmith_example_plugin.draft_medusa:MedusaDraftModel"
     assert data["broken_plugins"] == []
 
-    out = run_cli(["resolve", "--method", "eagle3", "--architecture", "Olmo2ForCausalLM", "--json"], env=env)
+    out = run_cli(["resolve", "--method", "eagle3", "--architecture", "CohereForCausalLM", "--json"], env=env)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["distribution"] == "draftsmith-example-plugin"
     plugins = json.loads(run_cli(["plugins", "--json"], env=env).stdout)

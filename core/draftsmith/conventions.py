@@ -87,10 +87,30 @@ def eos_token_ids(config: Any) -> tuple[int, ...]:
     return (int(eos),) if isinstance(eos, int) else tuple(int(e) for e in eos)
 
 
+# Target families beyond the dense Llama shape whose decoder layers hand forward hooks a plain (B, T, H) hidden
+# state, so a config-driven Llama-shaped draft reads them: MoE (Mixtral, Qwen2/3-MoE, GLM-4 MoE, MiniMax-M2),
+# MLA (DeepSeek-V3, Kimi-K2's architecture), sliding + global layers with soft-capping and embedding scale
+# (Gemma 2/3/4, OLMo 3) and hybrid linear attention (Qwen3-Next, Qwen3.5: the decoder rewinds their recurrent
+# state). Each is backed by a row of the coverage matrix (tests/test_coverage_matrix.py, docs/coverage.md) for
+# every first-party method; method plugins register the ones they serve.
+MATRIX_FAMILIES = (
+    "MixtralForCausalLM", "Qwen2MoeForCausalLM", "Qwen3NextForCausalLM", "Qwen3_5ForCausalLM",
+    "Gemma2ForCausalLM", "Gemma3ForCausalLM", "Gemma4ForCausalLM", "DeepseekV3ForCausalLM", "Glm4MoeForCausalLM",
+    "Olmo2ForCausalLM", "Olmo3ForCausalLM", "GraniteForCausalLM", "SmolLM3ForCausalLM", "Ernie4_5ForCausalLM",
+    "HunYuanDenseV1ForCausalLM", "MiniMaxM2ForCausalLM",
+)
+
+
 def rope_parameters_of(config: Any) -> dict:
-    """The rope parameters of a config as one dict with ``rope_type`` and ``rope_theta``."""
+    """The rope parameters of a config as one dict with ``rope_type`` and ``rope_theta``.
+
+    Targets with sliding and global layers (Gemma 3/4, OLMo 3) keep one rope per layer type,
+    ``{"full_attention": {...}, "sliding_attention": {...}}``: a draft is a global-attention decoder, so it takes
+    the full-attention layers' rope (Gemma 3: θ = 1e6; the sliding layers' local θ only spans their window)."""
     params = getattr(config, "rope_parameters", None)
-    if isinstance(params, dict) and params:
+    if isinstance(params, dict) and params and all(isinstance(v, dict) for v in params.values()):
+        params = dict(params.get("full_attention") or next(iter(params.values())))
+    elif isinstance(params, dict) and params:
         params = dict(params)
     else:
         params = dict(getattr(config, "rope_scaling", None) or {})
@@ -99,6 +119,20 @@ def rope_parameters_of(config: Any) -> dict:
         params.setdefault("rope_theta", getattr(config, "rope_theta", 10000.0))
     params.setdefault("rope_type", "default")
     return params
+
+
+def full_attention_attr(config: Any, name: str) -> Any:
+    """``config.<name>``; for configs whose layers differ (transformers' per-layer configs, Gemma 4: the global
+    layers have their own ``head_dim``), the value of the first full-attention layer — the kind of layer a
+    draft is. ``None`` when unset."""
+    try:
+        return getattr(config, name, None)
+    except RuntimeError as exc:  # transformers' AmbiguousGlobalPerLayerAttributeError
+        if "per-layer" not in str(exc):
+            raise
+    layer_types = list(getattr(config, "layer_types", None) or [])
+    index = layer_types.index("full_attention") if "full_attention" in layer_types else 0
+    return getattr(config.per_layer_config[index], name, None)
 
 
 def partial_rotary_factor(config: Any) -> float:
@@ -142,7 +176,7 @@ def draft_fields(target_config: Any) -> dict[str, Any]:
         "intermediate_size": int(text.intermediate_size),
         "num_attention_heads": heads,
         "num_key_value_heads": kv_heads,
-        "head_dim": int(getattr(text, "head_dim", None) or text.hidden_size // heads),
+        "head_dim": int(full_attention_attr(text, "head_dim") or text.hidden_size // heads),
         "hidden_act": getattr(text, "hidden_act", None) or getattr(text, "hidden_activation", None) or "silu",
         "rms_norm_eps": float(getattr(text, "rms_norm_eps", None) or 1e-6),
         "max_position_embeddings": int(getattr(text, "max_position_embeddings", None)

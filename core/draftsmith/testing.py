@@ -40,6 +40,7 @@ def tiny_target_config(arch: str = "Qwen3ForCausalLM", num_layers: int = 4, **ov
                                     decoder_sparse_step=1),
         "MistralForCausalLM": dict(sliding_window=None),
         "GptOssForCausalLM": dict(num_local_experts=4, num_experts_per_tok=2, intermediate_size=64),
+        "Phi3ForCausalLM": dict(pad_token_id=0),  # Phi-3's default pad id (32000) lies outside the tiny vocab
     }.get(arch, {})
     config_class = {"Qwen3ForCausalLM": "Qwen3Config", "Qwen3MoeForCausalLM": "Qwen3MoeConfig",
                     "LlamaForCausalLM": "LlamaConfig", "Qwen2ForCausalLM": "Qwen2Config",
@@ -69,12 +70,22 @@ def known_tiny_architectures() -> list[str]:
 def make_tiny_target(config: Any, seed: int = 0, *, attn_implementation: str | None = None,
                      head_scale: float = 1.0) -> torch.nn.Module:
     """The frozen, eval-mode fp32 target of ``config`` (seeded init); ``head_scale`` multiplies the output
-    embedding (> 1: sharper distributions than the near-uniform random init)."""
+    embedding (> 1: sharper distributions than the near-uniform random init). ``attn_implementation="auto"``:
+    SDPA, or eager for the families transformers refuses SDPA for (gpt-oss, Gemma 2)."""
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
     kwargs = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
-    model = AutoModelForCausalLM.from_config(config, **kwargs).float().eval()
+    if attn_implementation == "auto":  # as load_target: SDPA where transformers offers it for the family
+        kwargs["attn_implementation"] = "sdpa"
+    try:
+        model = AutoModelForCausalLM.from_config(config, **kwargs)
+    except ValueError as exc:
+        if attn_implementation != "auto" or "scaled_dot_product_attention" not in str(exc):
+            raise
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+    model = model.float().eval()
     if head_scale != 1.0:
         with torch.no_grad():
             model.get_output_embeddings().weight.mul_(head_scale)

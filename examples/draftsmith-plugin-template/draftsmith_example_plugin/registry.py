@@ -1,7 +1,9 @@
 """The template's draft registrations (torch-free: imported by ``draftsmith list-drafts``).
 
-(a) An architecture appended to an existing method with an existing draft class: OLMo targets are Llama-shaped,
-    so the EAGLE-3 plugin's config-driven dense draft serves them unchanged.
+(a) Architectures appended to an existing method with an existing draft class: OLMo (1) and Cohere targets are
+    decoders whose layers hand forward hooks a plain hidden state, so the EAGLE-3 plugin's config-driven dense
+    draft serves them unchanged (draftsmith itself registers OLMo 2/3; check a new family with
+    ``python benchmarks/coverage_probe.py --archs YourForCausalLM`` before registering it).
 (b) The drafts of the template's own method, ``medusa``, and its option tables (name → default), declared once:
     plugin.py hands them to the ``MethodSpec`` (core validates the user's ``draft:`` / ``method_options:`` /
     drafter options against them), config.py / objective.py / drafting.py read their defaults from them.
@@ -18,7 +20,7 @@ OBJECTIVE_OPTIONS: dict[str, Any] = {}
 DRAFTER_OPTIONS: dict[str, Any] = {}
 
 SPECS = (
-    DraftSpec(method="eagle3", architectures=("OlmoForCausalLM", "Olmo2ForCausalLM"),
+    DraftSpec(method="eagle3", architectures=("OlmoForCausalLM", "CohereForCausalLM"),
               draft_cls="draftsmith_eagle.draft_llama:LlamaEagle3DraftModel"),
     DraftSpec(method="medusa",
               architectures=("LlamaForCausalLM", "Qwen3ForCausalLM", "Qwen2ForCausalLM", "OlmoForCausalLM"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from draftsmith import DraftSpec, resolve_draft_spec
+from draftsmith.conventions import MATRIX_FAMILIES
 from draftsmith.errors import ConfigError
 from draftsmith.formats import INPUT_OF_LAYER, FormatSpec
 from draftsmith.views import DraftRegistryView
@@ -18,7 +19,9 @@ ARCHITECTURES = (
     "LlamaForCausalLM",
     "Qwen2ForCausalLM",
     "MistralForCausalLM",
-)
+    "Phi3ForCausalLM",
+    "GptOssForCausalLM",
+) + MATRIX_FAMILIES  # the families the coverage matrix backs (draftsmith.conventions)
 
 SPECS = (
     DraftSpec(method="dflash", architectures=ARCHITECTURES,

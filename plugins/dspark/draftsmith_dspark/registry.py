@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from draftsmith import DraftSpec, resolve_draft_spec
-from draftsmith.conventions import validate_layer_ids
+from draftsmith.conventions import MATRIX_FAMILIES, validate_layer_ids
 from draftsmith.errors import ConfigError
 from draftsmith.formats import INPUT_OF_LAYER, FormatSpec
 from draftsmith.views import DraftRegistryView
@@ -24,7 +24,9 @@ ARCHITECTURES = (
     "LlamaForCausalLM",
     "Qwen2ForCausalLM",
     "MistralForCausalLM",
-)
+    "Phi3ForCausalLM",
+    "GptOssForCausalLM",
+) + MATRIX_FAMILIES  # the families the coverage matrix backs (draftsmith.conventions)
 
 SPECS = (
     DraftSpec(method="dspark", architectures=ARCHITECTURES,

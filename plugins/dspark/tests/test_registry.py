@@ -85,7 +85,7 @@ def test_resolution_and_nemo_views():
     assert DSPARK_DRAFT_REGISTRY["Qwen3ForCausalLM"].method == "dspark"
     assert DraftSpec is draftsmith.DraftSpec
     with pytest.raises(DraftNotFoundError, match="Qwen3ForCausalLM"):
-        resolve_dspark_draft_spec(["GptOssForCausalLM"])
+        resolve_dspark_draft_spec(["DeepseekV4ForCausalLM"])
 
 
 def test_registry_module_is_torch_free():

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from draftsmith import DraftSpec, resolve_draft_spec
+from draftsmith.conventions import MATRIX_FAMILIES
 from draftsmith.formats import INPUT_OF_LAYER, FormatSpec
 from draftsmith.views import DraftRegistryView
 
@@ -27,10 +28,10 @@ DENSE_ARCHITECTURES = (
 )
 
 SPECS = (
-    DraftSpec(method="eagle1", architectures=DENSE_ARCHITECTURES,
+    DraftSpec(method="eagle1", architectures=DENSE_ARCHITECTURES + MATRIX_FAMILIES + ("GptOssForCausalLM",),
               draft_cls="draftsmith_eagle.draft_llama_v12:LlamaEagleDraftModel",
               description="EAGLE-1/2 feature-regression draft (Llama-shaped decoder layer)"),
-    DraftSpec(method="eagle3", architectures=DENSE_ARCHITECTURES,
+    DraftSpec(method="eagle3", architectures=DENSE_ARCHITECTURES + MATRIX_FAMILIES,
               draft_cls="draftsmith_eagle.draft_llama:LlamaEagle3DraftModel",
               description="EAGLE-3 draft: fused low/mid/high target features, TTT-trained"),
     DraftSpec(method="eagle3", architectures=("GptOssForCausalLM",),

@@ -49,8 +49,10 @@ def test_resolution_and_registered_methods():
     assert resolve_eagle1_draft_spec(["Phi3ForCausalLM"]).load_draft_cls().__name__ == "LlamaEagleDraftModel"
     assert draftsmith.resolve_draft_spec("eagle2", ["LlamaForCausalLM"]) is resolve_eagle1_draft_spec(
         ["LlamaForCausalLM"])
-    with pytest.raises(DraftNotFoundError, match="GptOssForCausalLM"):
-        resolve_eagle1_draft_spec(["GptOssForCausalLM"])
+    # gpt-oss: eagle1 serves it with the Llama-shaped draft (coverage matrix), eagle3 with its own YaRN draft
+    assert resolve_eagle1_draft_spec(["GptOssForCausalLM"]).load_draft_cls().__name__ == "LlamaEagleDraftModel"
+    with pytest.raises(DraftNotFoundError, match="DeepseekV4ForCausalLM"):
+        resolve_eagle1_draft_spec(["DeepseekV4ForCausalLM"])
     for name in ("eagle1", "eagle2", "eagle3"):
         method = draftsmith.get_method(name)
         assert method.load_objective() and method.load_drafter() and "native" in draftsmith.get_registry().formats(name)

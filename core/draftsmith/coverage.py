@@ -1,0 +1,104 @@
+"""Probe a (method, target family) pair on a tiny target built from config: capture, train, lossless.
+
+What backs a registration (docs/coverage.md, ``benchmarks/coverage_probe.py``, tests/test_coverage_matrix.py):
+
+1. the tiny target of the family (:func:`draftsmith.testing.tiny_target_config`), SDPA or, where transformers
+   refuses SDPA for the family, eager;
+2. the method's draft for it — the registered spec, or, for a family the method does not register, the spec it
+   registers for Qwen3 (registered in-process: that is what is probed);
+3. the target features the objective asks for, captured with forward hooks, and ``steps`` optimizer steps on the
+   target's own greedy continuations of random prompts (loss first → last);
+4. greedy speculative decoding of those prompts equal to the target's greedy output, token for token.
+
+Status: ``ok`` (loss fell by 1 % or more, lossless), ``no-learn`` (lossless, loss flat), ``LOSSY`` (a
+correctness bug), ``error`` (the first line of the exception and the stage it happened in).
+"""
+
+from __future__ import annotations
+
+import traceback
+
+import torch
+
+PROMPT_LEN, NEW_TOKENS = 6, 32
+
+
+def tiny_family_target(arch: str):
+    """``(model, attention implementation)``: the frozen tiny target of ``arch`` with a sharpened head."""
+    from draftsmith.testing import make_tiny_target, tiny_target_config
+
+    config = tiny_target_config(arch, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    # SDPA, or eager where transformers refuses SDPA for the family (gpt-oss sinks, Gemma 2 soft-capping)
+    model = make_tiny_target(config, attn_implementation="auto", head_scale=4.0)
+    return model, model.config._attn_implementation
+
+
+def spec_for(method: str, arch: str):
+    """``(spec, registered)``: the registered spec of (method, arch), else Qwen3's spec registered for ``arch``
+    in this process."""
+    import draftsmith
+
+    registry = draftsmith.get_registry()
+    if arch in registry.architectures(method):
+        return registry.resolve(method, [arch]), True
+    base = registry.resolve(method, ["Qwen3ForCausalLM"])
+    draftsmith.register_draft(draftsmith.DraftSpec(method=method, architectures=(arch,), draft_cls=base.draft_cls))
+    return registry.resolve(method, [arch]), False
+
+
+def probe(method: str, arch: str, model, *, draft_options: dict | None = None, objective_options: dict | None = None,
+          steps: int = 30) -> dict:
+    """One row of the coverage matrix for ``model`` (see the module docstring); never raises."""
+    import draftsmith
+    from draftsmith.decode import DecodeStats, SpeculativeDecoder, generate_plain
+    from draftsmith.target import run_target, target_heads
+
+    row = {"method": method, "architecture": arch, "registered": None, "status": "error", "stage": "draft"}
+    try:
+        spec, row["registered"] = spec_for(method, arch)
+        torch.manual_seed(0)
+        draft = spec.build(model.config, **(draft_options or {})).float().train()
+        row["stage"] = "data"
+        g = torch.Generator().manual_seed(0)
+        prompts = [torch.randint(3, 127, (PROMPT_LEN,), generator=g) for _ in range(4)]
+        gens = [generate_plain(model, p, NEW_TOKENS, eos_token_ids=()).tokens for p in prompts]
+        seqs = torch.stack([torch.cat([p, torch.tensor(x)]) for p, x in zip(prompts, gens)])  # (B, T)
+        loss_mask = torch.zeros_like(seqs)
+        loss_mask[:, PROMPT_LEN:] = 1
+        batch = {"input_ids": seqs, "attention_mask": torch.ones_like(seqs), "loss_mask": loss_mask}
+        row["stage"] = "capture"
+        m = draftsmith.get_method(method)
+        heads = target_heads(model)
+        objective = m.load_objective()(draft, heads, **{**m.default_options, **(draft_options or {}),
+                                                        **(objective_options or {})})
+        if hasattr(objective, "prepare"):
+            objective.prepare(torch.bincount(seqs[loss_mask.bool()], minlength=model.config.vocab_size))
+        features, _ = run_target(model, objective.target_request(), seqs, attention_mask=batch["attention_mask"])
+        row["stage"] = "train"
+        opt = torch.optim.AdamW([p for p in draft.parameters() if p.requires_grad], lr=5e-3)
+        losses = []
+        for _ in range(steps):
+            loss = objective(batch, features).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+        row["loss_first"], row["loss_last"] = losses[0], losses[-1]
+        row["stage"] = "decode"
+        drafter = m.load_drafter()(draft.eval(), heads)
+        gamma = (objective_options or {}).get("ttt_steps")  # a chain no deeper than the TTT unroll trained
+        stats, lossless = DecodeStats(), True
+        for prompt, gen in zip(prompts, gens):
+            out = SpeculativeDecoder(model, drafter, num_draft_tokens=gamma, eos_token_ids=()).generate(prompt,
+                                                                                                      NEW_TOKENS)
+            lossless &= out.tokens == gen
+            stats.add(out)
+        row["tau"] = stats.tau
+        row["stage"] = None
+        row["status"] = ("LOSSY" if not lossless else "ok" if losses[-1] < losses[0] * 0.99 else "no-learn")
+    except Exception as exc:  # noqa: BLE001 - a probe reports every failure, it never stops
+        lines = str(exc).strip().splitlines()
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        row["error"] = f"{type(exc).__name__}: {lines[0] if lines else ''} ({where.filename.rsplit('/', 1)[-1]}:" \
+                       f"{where.lineno})"
+    return row
