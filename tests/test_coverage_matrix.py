@@ -57,6 +57,15 @@ def test_an_unregistered_family_fails_its_row(method):
     assert row["registered"] is False and row["status"] != "ok"
 
 
+def test_resolve_says_why_a_family_is_not_served(cli_env):
+    from support.cli import run_cli
+
+    res = run_cli(["resolve", "--method", "eagle3", "--architecture", "DeepseekV4ForCausalLM"], env=cli_env)
+    assert res.returncode == 1 and len(res.stderr.strip().splitlines()) == 1
+    assert "DeepseekV4ForCausalLM is not served: DeepSeek-V4's decoder layers carry several residual streams" \
+        in res.stderr
+
+
 def test_docs_coverage_lists_every_registered_pair():
     text = (REPO / "docs" / "coverage.md").read_text()
     rows = {line.split("|")[1].strip().strip("`"): line for line in text.splitlines()

@@ -101,6 +101,16 @@ MATRIX_FAMILIES = (
 )
 
 
+# Families transformers ships that the coverage matrix probes and no first-party draft serves, and why (named by
+# ``draftsmith resolve`` when one is asked for).
+UNSERVED_FAMILIES = {
+    "DeepseekV4ForCausalLM": "DeepSeek-V4's decoder layers carry several residual streams (hyper-connections: "
+                             "a (B, T, streams, H) hidden state, not the (B, T, H) every draft reads), and "
+                             "transformers 5.24's cached multi-token forward fails on it, so no chain can be "
+                             "verified; its coverage row fails (docs/coverage.md)",
+}
+
+
 def rope_parameters_of(config: Any) -> dict:
     """The rope parameters of a config as one dict with ``rope_type`` and ``rope_theta``.
 

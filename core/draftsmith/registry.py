@@ -267,8 +267,11 @@ class Registry:
         return self._not_found(method, archs, supported)
 
     def _not_found(self, method: str, archs: list[str], supported: list[str]) -> Any:
+        from .conventions import UNSERVED_FAMILIES
+
+        why = "".join(f" {a} is not served: {UNSERVED_FAMILIES[a]}." for a in archs if a in UNSERVED_FAMILIES)
         raise DraftNotFoundError(
-            f"no {method!r} draft spec registered for any of {archs}. "
+            f"no {method!r} draft spec registered for any of {archs}.{why} "
             f"Supported architectures for {method!r}: {', '.join(supported) or 'none'}. "
             f"A plugin can add one (see docs/writing-a-plugin.md)."
         )
