@@ -58,6 +58,13 @@ class Registry:
         self._provenance = Provenance(IN_PROCESS, None, None)
 
     # -- registration -----------------------------------------------------------------------------------
+    def _stamped(self, spec: Any) -> Any:
+        """``spec`` with the provenance of the plugin being loaded, unless it already carries one."""
+        if spec.distribution is None and spec.plugin is None:
+            p = self._provenance
+            spec = spec.with_provenance(p.plugin, p.distribution, p.version)
+        return spec
+
     def register(self, spec: Any) -> Any:
         """Register a draft spec (a :class:`DraftSpec` or any :class:`DraftSpecProtocol` object)."""
         if not isinstance(spec, DraftSpecProtocol):
@@ -65,9 +72,8 @@ class Registry:
                 f"registry.register() expects a DraftSpec (or an object implementing DraftSpecProtocol), "
                 f"got {type(spec).__name__}: {spec!r}"
             )
-        if isinstance(spec, DraftSpec) and spec.distribution is None and spec.plugin is None:
-            p = self._provenance
-            spec = spec.with_provenance(p.plugin, p.distribution, p.version)
+        if isinstance(spec, DraftSpec):  # other protocol objects carry their own provenance
+            spec = self._stamped(spec)
         for arch in spec.architectures:
             entries = self._drafts.setdefault((spec.method, arch), [])
             if not any(e == spec for e in entries):
@@ -78,9 +84,7 @@ class Registry:
         """Register a method (objective, drafter, layer policy, export formats)."""
         if not isinstance(method, MethodSpec):
             raise TypeError(f"registry.register_method() expects a MethodSpec, got {type(method).__name__}")
-        if method.distribution is None and method.plugin is None:
-            p = self._provenance
-            method = method.with_provenance(p.plugin, p.distribution, p.version)
+        method = self._stamped(method)
         existing = self._methods.get(method.name)
         if existing is not None and existing != method:
             self._method_conflicts.setdefault(method.name, [existing]).append(method)
@@ -93,9 +97,7 @@ class Registry:
         if not isinstance(fmt, FormatSpec):
             raise TypeError(f"registry.register_format() expects a draftsmith.formats.FormatSpec, "
                             f"got {type(fmt).__name__}")
-        if fmt.distribution is None and fmt.plugin is None:
-            p = self._provenance
-            fmt = fmt.with_provenance(p.plugin, p.distribution, p.version)
+        fmt = self._stamped(fmt)
         entries = self._formats.setdefault((fmt.method, fmt.name), [])
         if fmt not in entries:
             entries.append(fmt)
@@ -109,9 +111,7 @@ class Registry:
         if not isinstance(tracker, TrackerSpec):
             raise TypeError(f"registry.register_tracker() expects a draftsmith.tracking.TrackerSpec, "
                             f"got {type(tracker).__name__}")
-        if tracker.distribution is None and tracker.plugin is None:
-            p = self._provenance
-            tracker = tracker.with_provenance(p.plugin, p.distribution, p.version)
+        tracker = self._stamped(tracker)
         entries = self._trackers.setdefault(tracker.name, [])
         if tracker not in entries:
             entries.append(tracker)

@@ -169,6 +169,11 @@ def check_target_dir(path: str | Path) -> Path:
     return path
 
 
+def sdpa_refused(exc: BaseException) -> bool:
+    """Is ``exc`` transformers refusing SDPA for a model class (gpt-oss's sinks, Gemma 2's soft-capping)?"""
+    return isinstance(exc, ValueError) and "scaled_dot_product_attention" in str(exc)
+
+
 def load_target(path: str | Path, *, dtype: torch.dtype | str | None = None, device: str | torch.device = "cpu",
                 trust_remote_code: bool = False, attn_implementation: str | None = "auto") -> nn.Module:
     """Load a frozen target (``eval()``, no grad) from a local directory; safetensors only.
@@ -194,7 +199,7 @@ def load_target(path: str | Path, *, dtype: torch.dtype | str | None = None, dev
         try:
             model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
         except ValueError as exc:
-            if not (auto and "scaled_dot_product_attention" in str(exc)):
+            if not (auto and sdpa_refused(exc)):
                 raise
             model = AutoModelForCausalLM.from_pretrained(str(path), **{**kwargs, "attn_implementation": "eager"})
     except (OSError, ValueError, KeyError) as exc:

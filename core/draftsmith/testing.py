@@ -81,7 +81,9 @@ def make_tiny_target(config: Any, seed: int = 0, *, attn_implementation: str | N
     try:
         model = AutoModelForCausalLM.from_config(config, **kwargs)
     except ValueError as exc:
-        if attn_implementation != "auto" or "scaled_dot_product_attention" not in str(exc):
+        from .target import sdpa_refused
+
+        if attn_implementation != "auto" or not sdpa_refused(exc):
             raise
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
