@@ -1,5 +1,5 @@
-"""Probe every (method, target family) pair on a tiny target built from config — capture, train, lossless — and
-print one row per pair; ``--markdown FILE`` writes docs/coverage.md from the run (see draftsmith.coverage).
+"""Probe every (method, target family) pair on a tiny target built from config — capture, train, lossless, export —
+and print one row per pair; ``--markdown FILE`` writes docs/coverage.md from the run (see draftsmith.coverage).
 
     python benchmarks/coverage_probe.py [--methods eagle3,dflash] [--archs Gemma3ForCausalLM,...] [--json]
     python benchmarks/coverage_probe.py --markdown docs/coverage.md
@@ -40,13 +40,43 @@ def markdown(rows: list[dict]) -> str:
         cells = []
         for m in methods:
             r = cell[(arch, m)]
-            mark = " ✔" if arch in draftsmith.get_registry().architectures(m) else ""
+            mark = " ✔" if r.get("registered") else ""
             if r["status"] in ("ok", "no-learn"):
                 cells.append(f"{r['status']}{mark} (τ {r['tau']:.2f}, loss {r['loss_first']:.2f}→{r['loss_last']:.2f})")
             else:
                 cells.append(f"**{r['status']}**{mark}: {r.get('error', '')[:90]}")
         attention = next((cell[(arch, m)].get("attention", "") for m in methods), "")
         lines.append(f"| `{arch}` | {attention} | " + " | ".join(cells) + " |")
+    lines += ["", "## Exports", "",
+              "The same trained drafts, written in every format their method exports: each export passes "
+              "`draftsmith check-export` as its engine reads it, against the target saved to disk (capturable "
+              "layer ids, mask token, the target's embedding), and reads back (`draftsmith.load_draft`) as a draft "
+              "that drafts exactly the same rounds. Listed: the formats that pass; refused formats (the writer "
+              "says why, footnotes) and problems are named.", "",
+              "| architecture | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    reasons: list[str] = []
+    for arch in archs:
+        cells = []
+        for m in methods:
+            exports = cell[(arch, m)].get("exports")
+            if not exports:
+                cells.append("—")
+                continue
+            ok = [f for f, v in exports.items() if v == "ok"]
+            parts = [", ".join(ok)] if ok else []
+            for fmt, verdict in exports.items():
+                if verdict.startswith("refused: "):
+                    reason = verdict[len("refused: "):].replace(f"the '{fmt}' format", "the format")
+                    if reason not in reasons:
+                        reasons.append(reason)
+                    parts.append(f"~~{fmt}~~ [{reasons.index(reason) + 1}]")
+                elif verdict != "ok":
+                    parts.append(f"**{fmt}: {verdict[:80]}**")
+            cells.append("; ".join(parts))
+        lines.append(f"| `{arch}` | " + " | ".join(cells) + " |")
+    if reasons:
+        lines += [""] + [f"[{i}] {reason}" + ("  " if i < len(reasons) else "") for i, reason in
+                         enumerate(reasons, 1)]
     return "\n".join(lines) + "\n"
 
 

@@ -1,7 +1,9 @@
 """The coverage matrix: every registered (first-party method, tiny family) pair captures, trains and is lossless
 on a tiny target of that family built from config (draftsmith.coverage.probe) — and a family no method
 registers (DeepSeek-V4) really fails, so registrations follow the matrix both ways. docs/coverage.md is the
-table benchmarks/coverage_probe.py writes from the same probe; it must list what is registered."""
+table benchmarks/coverage_probe.py writes from the same probe; it must list what is registered. Each registered
+row also exports: every format passes check-export and reads back drafting the same rounds, or is refused by its
+writer with a reason, and at least one engine format serves it."""
 
 from __future__ import annotations
 
@@ -40,6 +42,13 @@ def test_every_registered_pair_trains_and_is_lossless(method, arch):
     assert row["registered"] is True
     assert row["status"] == "ok", row
     assert row["tau"] > 1.0
+    # every format the method writes passes check-export and reads back drafting the same rounds, or its
+    # writer refuses the family for a reason it names (a client that would run the draft differently)
+    exports = row["exports"]
+    assert exports.get("native") == "ok", exports
+    assert all(v == "ok" or v.startswith("refused: ") for v in exports.values()), exports
+    engine_formats = [f for f in exports if f != "native"]  # EAGLE-1 writes none (engines refuse its layout)
+    assert not engine_formats or any(exports[f] == "ok" for f in engine_formats), f"no engine serves it: {exports}"
 
 
 def test_the_matrix_covers_twenty_families_for_every_method():
@@ -68,9 +77,13 @@ def test_resolve_says_why_a_family_is_not_served(cli_env):
 
 def test_docs_coverage_lists_every_registered_pair():
     text = (REPO / "docs" / "coverage.md").read_text()
-    rows = {line.split("|")[1].strip().strip("`"): line for line in text.splitlines()
-            if line.startswith("| `")}
+    matrix, exports = text.split("## Exports")
+    rows = {line.split("|")[1].strip().strip("`"): line for line in matrix.splitlines() if line.startswith("| `")}
+    export_rows = {line.split("|")[1].strip().strip("`"): line for line in exports.splitlines()
+                   if line.startswith("| `")}
     for method, arch in REGISTERED:
         cells = [c.strip() for c in rows[arch].split("|")[3:-1]]
         cell = cells[list(METHODS).index(method)]
         assert cell.startswith("ok ✔"), (method, arch, cell)
+        export_cell = [c.strip() for c in export_rows[arch].split("|")[2:-1]][list(METHODS).index(method)]
+        assert export_cell.startswith("native") and "**" not in export_cell, (method, arch, export_cell)

@@ -10,6 +10,8 @@ Every plugin and core itself go through these functions, so a rule is decided on
   names: vocab, hidden/intermediate size, heads, ``head_dim``, activation, eps, ``max_position_embeddings``
   (the target's; 32768 when it has none), rope parameters incl. YaRN/llama3 and partial rotary, bias flags,
   special ids, init range.
+* :func:`output_logit_transform` — the scale and soft-cap a target's forward applies after its ``lm_head``
+  (Granite, Cohere, Gemma 2): teacher distributions must include them.
 * :func:`validate_layer_ids` — output-of-layer ids (DESIGN §6: ``i`` = output of decoder layer ``i``, ``-1`` =
   the embedding output), one rule with named switches; :func:`validate_mask_token_id` — a reserved id inside
   the vocab, never pad or eos.
@@ -85,6 +87,26 @@ def eos_token_ids(config: Any) -> tuple[int, ...]:
     if eos is None:
         return ()
     return (int(eos),) if isinstance(eos, int) else tuple(int(e) for e in eos)
+
+
+def output_logit_transform(config: Any) -> tuple[float, float | None]:
+    """``(scale, softcap)``: what a target's forward does to ``lm_head(final_hidden)`` before it returns logits,
+    ``logits = softcap · tanh(scale · z / softcap)`` (no tanh when ``softcap`` is None).
+
+    * ``scale``: Granite divides by ``logits_scaling`` (8 or 16 in released checkpoints), Cohere multiplies by
+      ``logit_scale`` (0.0625); 1.0 elsewhere;
+    * ``softcap``: ``final_logit_softcapping`` (Gemma 2: 30; Gemma 3/4 where set).
+
+    A teacher distribution built from the raw ``lm_head`` output of such a target is 8× too sharp (Granite) or
+    uncapped (Gemma 2): the objectives go through :meth:`draftsmith.method.TargetHeads.target_logits`."""
+    text = text_config(config)
+    scale = 1.0
+    if getattr(text, "logits_scaling", None):
+        scale /= float(text.logits_scaling)
+    if getattr(text, "logit_scale", None) is not None and isinstance(text.logit_scale, (int, float)):
+        scale *= float(text.logit_scale)
+    cap = getattr(text, "final_logit_softcapping", None)
+    return scale, (float(cap) if cap else None)
 
 
 # Target families beyond the dense Llama shape whose decoder layers hand forward hooks a plain (B, T, H) hidden

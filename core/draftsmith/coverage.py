@@ -8,15 +8,25 @@ What backs a registration (docs/coverage.md, ``benchmarks/coverage_probe.py``, t
    registers for Qwen3 (registered in-process: that is what is probed);
 3. the target features the objective asks for, captured with forward hooks, and ``steps`` optimizer steps on the
    target's own greedy continuations of random prompts (loss first → last);
-4. greedy speculative decoding of those prompts equal to the target's greedy output, token for token.
+4. greedy speculative decoding of those prompts equal to the target's greedy output, token for token;
+5. (``exports=True``) every format the method writes: the export passes ``check-export`` as its engine reads it,
+   against the target saved to disk (capturable ids, mask token, the target's embedding), and reads back
+   (``draftsmith.load_draft``) as a draft that drafts exactly what the trained one drafts on the first prompt.
+   Per format (``row["exports"]``): ``ok``, ``refused`` (the writer refuses this family, with its reason — e.g. a
+   layout that rotates the whole head for a partial-rotary target), or ``problem`` (check-export's lines, or a
+   read-back that drafts differently: a bug).
 
-Status: ``ok`` (loss fell by 1 % or more, lossless), ``no-learn`` (lossless, loss flat), ``LOSSY`` (a
-correctness bug), ``error`` (the first line of the exception and the stage it happened in).
+Status: ``ok`` (loss fell by 1 % or more, lossless, and no export ``problem``), ``no-learn`` (lossless, loss flat),
+``LOSSY`` (a correctness bug), ``EXPORT`` (an export problem), ``error`` (the first line of the exception and the
+stage it happened in).
 """
 
 from __future__ import annotations
 
+import inspect
+import tempfile
 import traceback
+from pathlib import Path
 
 import torch
 
@@ -27,9 +37,13 @@ def tiny_family_target(arch: str):
     """``(model, attention implementation)``: the frozen tiny target of ``arch`` with a sharpened head."""
     from draftsmith.testing import make_tiny_target, tiny_target_config
 
+    from draftsmith.conventions import output_logit_transform
+
     config = tiny_target_config(arch, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    # as sharp after the family's own logit scale (Granite: ÷ logits_scaling) as every other tiny target
+    head_scale = 4.0 / output_logit_transform(config)[0]
     # SDPA, or eager where transformers refuses SDPA for the family (gpt-oss sinks, Gemma 2 soft-capping)
-    model = make_tiny_target(config, attn_implementation="auto", head_scale=4.0)
+    model = make_tiny_target(config, attn_implementation="auto", head_scale=head_scale)
     return model, model.config._attn_implementation
 
 
@@ -47,7 +61,7 @@ def spec_for(method: str, arch: str):
 
 
 def probe(method: str, arch: str, model, *, draft_options: dict | None = None, objective_options: dict | None = None,
-          steps: int = 30) -> dict:
+          steps: int = 30, exports: bool = True) -> dict:
     """One row of the coverage matrix for ``model`` (see the module docstring); never raises."""
     import draftsmith
     from draftsmith.decode import DecodeStats, SpeculativeDecoder, generate_plain
@@ -87,18 +101,74 @@ def probe(method: str, arch: str, model, *, draft_options: dict | None = None, o
         row["stage"] = "decode"
         drafter = m.load_drafter()(draft.eval(), heads)
         gamma = (objective_options or {}).get("ttt_steps")  # a chain no deeper than the TTT unroll trained
-        stats, lossless = DecodeStats(), True
+        stats, lossless, runs = DecodeStats(), True, []
         for prompt, gen in zip(prompts, gens):
             out = SpeculativeDecoder(model, drafter, num_draft_tokens=gamma, eos_token_ids=()).generate(prompt,
                                                                                                       NEW_TOKENS)
             lossless &= out.tokens == gen
             stats.add(out)
+            runs.append(out)
         row["tau"] = stats.tau
+        status = "LOSSY" if not lossless else "ok" if losses[-1] < losses[0] * 0.99 else "no-learn"
+        if exports:
+            row["stage"] = "export"
+            row["exports"] = export_checks(method, draft, model, heads, prompts[0], runs[0], gamma)
+            if status == "ok" and any(v.startswith("problem") for v in row["exports"].values()):
+                status = "EXPORT"
         row["stage"] = None
-        row["status"] = ("LOSSY" if not lossless else "ok" if losses[-1] < losses[0] * 0.99 else "no-learn")
+        row["status"] = status
     except Exception as exc:  # noqa: BLE001 - a probe reports every failure, it never stops
         lines = str(exc).strip().splitlines()
         where = traceback.extract_tb(exc.__traceback__)[-1]
         row["error"] = f"{type(exc).__name__}: {lines[0] if lines else ''} ({where.filename.rsplit('/', 1)[-1]}:" \
                        f"{where.lineno})"
     return row
+
+
+def _rounds(out) -> list[tuple[int, int]]:
+    return [(r.drafted, r.accepted) for r in out.rounds]
+
+
+def export_checks(method: str, draft, model, heads, prompt: torch.Tensor, reference, gamma) -> dict[str, str]:
+    """Per format ``method`` writes: ``ok`` / ``refused: why`` / ``problem: what`` (see the module docstring).
+    ``reference`` is the trained draft's decode of ``prompt``; the read-back draft must draft the same rounds."""
+    import draftsmith
+    from draftsmith.decode import SpeculativeDecoder
+    from draftsmith.errors import ConfigError
+    from draftsmith.export_check import FORMAT_ENGINE, check_export
+
+    m = draftsmith.get_method(method)
+    results: dict[str, str] = {}
+    with tempfile.TemporaryDirectory(prefix="draftsmith-coverage-") as tmp:
+        target_dir = Path(tmp) / "target"
+        model.save_pretrained(target_dir)
+        # what `draftsmith train` records of a target loaded from a directory (layouts without the target's
+        # embedding / head read them back from there)
+        block = getattr(draft.config, "draftsmith", None)
+        if isinstance(block, dict) and not block.get("target_name_or_path"):
+            draft.config.draftsmith = {**block, "target_name_or_path": str(target_dir)}
+        for name, fmt in sorted(draftsmith.get_registry().formats(method).items()):
+            if fmt.writer is None:
+                continue
+            out = Path(tmp) / name
+            try:
+                writer = fmt.load_writer()
+                named = "target" in inspect.signature(writer).parameters  # formats that name their verifier
+                writer(draft, out, **({"target": str(target_dir)} if named else {}))
+            except ConfigError as exc:  # the writer refuses this family, and says why
+                results[name] = f"refused: {str(exc).splitlines()[0]}"
+                continue
+            # draftsmith's own layout is read by draftsmith only: read back, not judged by an engine's rules
+            problems = [] if name == "native" else \
+                check_export(out, engine=FORMAT_ENGINE.get(name), target=str(target_dir))[1]
+            if problems:
+                results[name] = "problem: " + "; ".join(problems)
+                continue
+            again = draftsmith.load_draft(out).float().eval()
+            replay = SpeculativeDecoder(model, m.load_drafter()(again, heads), num_draft_tokens=gamma,
+                                        eos_token_ids=()).generate(prompt, NEW_TOKENS)
+            if replay.tokens != reference.tokens or _rounds(replay) != _rounds(reference):
+                results[name] = "problem: the draft read back from the export drafts differently"
+            else:
+                results[name] = "ok"
+    return results

@@ -8,6 +8,8 @@ get right live here, once:
   ``+1``. SGLang, SpecForge and z-lab read ``out(k)`` as is. No engine can capture ``in(N)`` on an ``N``-layer
   target (the output of the last decoder layer: vLLM reserves that slot for the final, normed hidden state), so
   :func:`engine_layer_ids` refuses the last layer's id for every format — a draft trained on it cannot be served.
+* **rotary** — :func:`whole_head_rotary_problem` and :func:`specforge_rope_parameters`: the rope a client
+  would build differently from the draft (partial rotary, SpecForge's YaRN), found with the real clients.
 * **formats** — :data:`FORMATS` names, per ``--format``, the engine(s) that read it, their convention and the
   config keys their loaders read (docs/formats.md has the versions and source files).
 * **the format registry** — each plugin registers, through ``draftsmith_register_formats``, one
@@ -15,7 +17,7 @@ get right live here, once:
   that can be read back, the reader and the detector :func:`draftsmith.load_draft` uses on a directory without
   draftsmith's own metadata (a public checkpoint, an engine export). A third party adds an engine the same way.
 
-Torch-free.
+Torch-free at import (the rotary checks import torch when an exporter calls them).
 """
 
 from __future__ import annotations
@@ -186,6 +188,58 @@ def sglang_dflash_causality_problem(causal: bool, layer_types: Iterable[str]) ->
             f"{'full-attention' if not sliding else 'sliding-window'} layers: SGLang would run its blocks "
             f"{'bidirectionally' if not sliding else 'causally'} (it reads causality from layer_types only); "
             f"serve it with --format native/vllm (z-lab, vLLM)")
+
+
+def whole_head_rotary_problem(cfg: Any, fmt: str, clients: str) -> str | None:
+    """Why a draft would serve with other positions in clients that rotate the whole head, or None.
+
+    A draft copies its target's rotary fraction (Qwen3.5 / Qwen3-Next 0.25, GLM-4 MoE 0.5): it rotates
+    ``2·len(inv_freq)`` of its ``head_dim`` dims. speculators 0.9.0, SpecForge 0.2.0 and z-lab 0.1.0 load such a
+    config without a word and rotate every dim (measured: their logits differ by 5e-3..7e-2 from ours). A rope
+    that covers the whole head with zero frequencies (Gemma 4's ``proportional``) serves fine."""
+    from .conventions import partial_rotary_factor
+    from .nn.rotary import compute_inv_freq  # torch, imported only by exporters
+
+    head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+    rotated = 2 * int(compute_inv_freq(cfg, head_dim)[0].numel())
+    if rotated == head_dim:
+        return None
+    return (f"the {fmt!r} format's clients ({clients}) rotate the whole head: this draft rotates {rotated} of "
+            f"its {head_dim} head dims (partial_rotary_factor {partial_rotary_factor(cfg)}, from the target) "
+            f"and would serve with other positions; use --format vllm")
+
+
+# rope types SpecForge 0.2.0's Llama EAGLE-3 head builds (modeling/draft/llama3_eagle.py ``_init_rope``)
+SPECFORGE_ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn")
+
+
+def specforge_rope_parameters(rope: dict[str, Any]) -> dict[str, Any]:
+    """``rope`` as SpecForge's EAGLE-3 head reads it, or ConfigError naming what it would misread.
+
+    Its YaRN passes ``mscale`` / ``mscale_all_dim`` / ``beta_fast`` / ``beta_slow`` /
+    ``original_max_position_embeddings`` through without defaults (absent: a TypeError at load) and rounds the correction range (transformers' ``truncate: true``).
+    transformers' default attention factor ``0.1·ln(factor) + 1`` is exactly SpecForge's ratio with
+    ``mscale = 1, mscale_all_dim = 0``, so those are written when the target sets neither."""
+    rope = dict(rope)
+    kind = rope.get("rope_type", "default")
+    if kind not in SPECFORGE_ROPE_TYPES:
+        raise ConfigError(f"the 'sglang' format's clients (SpecForge 0.2.0) know the rope types "
+                          f"{', '.join(SPECFORGE_ROPE_TYPES)}, not this draft's {kind!r} (from the target): use "
+                          f"--format speculators or vllm")
+    if kind == "yarn":
+        if rope.get("truncate", True) is False or rope.get("attention_factor") is not None:
+            raise ConfigError("the 'sglang' format's clients (SpecForge 0.2.0) round YaRN's correction range and "
+                              "derive its attention factor from mscale: this draft's YaRN (truncate: false or an "
+                              "explicit attention_factor, from the target, e.g. gpt-oss) would serve with other "
+                              "positions; use --format speculators or vllm")
+        if not rope.get("original_max_position_embeddings"):
+            raise ConfigError("the 'sglang' format needs YaRN's original_max_position_embeddings (SpecForge has "
+                              "no default for it); this draft's rope has none")
+        if not (rope.get("mscale") and rope.get("mscale_all_dim")):
+            rope.update(mscale=1.0, mscale_all_dim=0.0)
+        rope.setdefault("beta_fast", 32.0)  # transformers' defaults, which SpecForge does not apply
+        rope.setdefault("beta_slow", 1.0)
+    return rope
 
 
 def check_capturable(layer_ids: Iterable[int], num_target_layers: int | None, fmt: str) -> None:

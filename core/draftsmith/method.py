@@ -59,6 +59,11 @@ class TargetHeads:
 
     ``embed_tokens`` is an ``nn.Embedding`` and ``lm_head`` an ``nn.Linear`` (full target vocab). They are
     never trained; a method decides whether its draft copies them or references them.
+
+    ``logit_scale`` / ``logit_softcap`` are what the target's forward applies after ``lm_head``
+    (:func:`draftsmith.conventions.output_logit_transform`: Granite's ``1/logits_scaling``, Cohere's
+    ``logit_scale``, Gemma 2's ``final_logit_softcapping``). Teachers come from :meth:`target_logits`, which
+    equals the target's own logits; a draft's logits stay raw (engines apply neither to a draft head).
     """
 
     embed_tokens: Any
@@ -66,6 +71,31 @@ class TargetHeads:
     vocab_size: int
     pad_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
+    logit_scale: float = 1.0
+    logit_softcap: float | None = None
+
+    def adjust_logits(self, logits: "torch.Tensor") -> "torch.Tensor":
+        """The target's post-``lm_head`` transform, ``cap · tanh(scale · z / cap)``, of raw logits ``z`` (any
+        shape); ``z`` itself when the target applies none."""
+        import torch
+
+        if self.logit_scale != 1.0:
+            logits = logits * self.logit_scale
+        if self.logit_softcap:
+            logits = torch.tanh(logits / self.logit_softcap) * self.logit_softcap
+        return logits
+
+    def target_logits(self, final_hidden: "torch.Tensor") -> "torch.Tensor":
+        """The target's logits (fp32) of post-norm hidden states: ``(..., H) -> (..., V)``, exactly what its
+        forward returns (lm_head with its bias, then :meth:`adjust_logits`)."""
+        import torch.nn.functional as F
+
+        from .nn.weights import full_tensor, weight_of
+
+        weight = weight_of(self.lm_head)  # gathered when FSDP-sharded
+        bias = getattr(self.lm_head, "bias", None)
+        bias = full_tensor(bias) if bias is not None else None
+        return self.adjust_logits(F.linear(final_hidden.to(weight.dtype), weight, bias).float())
 
 
 @dataclasses.dataclass

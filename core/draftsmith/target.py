@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .conventions import architectures_of, num_target_layers, read_config_json, text_config  # noqa: F401
+from .conventions import output_logit_transform
 from .conventions import validate_layer_ids as check_layer_ids
 from .errors import ConfigError, DraftsmithError
 from .method import TargetFeatures, TargetHeads, TargetRequest
@@ -134,7 +135,7 @@ def run_target(model: nn.Module, request: TargetRequest, input_ids: torch.Tensor
 
 
 def target_heads(model: nn.Module) -> TargetHeads:
-    """The target's embedding and lm_head (frozen) with its vocab and special ids."""
+    """The target's embedding and lm_head (frozen) with its vocab, special ids and post-lm_head logit transform."""
     config = text_config(model.config)
     lm_head = model.get_output_embeddings()
     if lm_head is None:
@@ -147,12 +148,15 @@ def target_heads(model: nn.Module) -> TargetHeads:
         if e is None:
             continue
         eos_ids.extend([e] if isinstance(e, int) else list(e))
+    scale, softcap = output_logit_transform(config)  # Granite / Cohere logit scale, Gemma 2 soft-cap
     return TargetHeads(
         embed_tokens=model.get_input_embeddings(),
         lm_head=lm_head,
         vocab_size=int(config.vocab_size),
         pad_token_id=getattr(config, "pad_token_id", None),
         eos_token_ids=tuple(dict.fromkeys(eos_ids)),
+        logit_scale=scale,
+        logit_softcap=softcap,
     )
 
 

@@ -31,7 +31,7 @@ TINY_FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
                                                    layer_types=_SLIDING_LAYERS)),
     "Gemma4ForCausalLM": ("Gemma4TextConfig", dict(head_dim=16, sliding_window=16, layer_types=_SLIDING_LAYERS,
                                                    vocab_size_per_layer_input=128, hidden_size_per_layer_input=16,
-                                                   global_head_dim=32)),
+                                                   global_head_dim=32, final_logit_softcapping=30.0)),
     "DeepseekV3ForCausalLM": ("DeepseekV3Config", dict(num_key_value_heads=4, q_lora_rank=32, kv_lora_rank=16,
                                                        qk_rope_head_dim=8, qk_nope_head_dim=16, v_head_dim=16,
                                                        n_routed_experts=4, num_experts_per_tok=2,
@@ -46,7 +46,10 @@ TINY_FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
                                                  topk_group=1, n_shared_experts=1)),
     "Olmo2ForCausalLM": ("Olmo2Config", {}),
     "Olmo3ForCausalLM": ("Olmo3Config", dict(sliding_window=16)),
-    "GraniteForCausalLM": ("GraniteConfig", {}),
+    # Granite 3's multipliers (embedding ×12, logits ÷8, residual ×0.22, attention scale 1/head_dim), not 1.0:
+    # the teacher must divide by logits_scaling as the target does
+    "GraniteForCausalLM": ("GraniteConfig", dict(embedding_multiplier=12.0, logits_scaling=8.0,
+                                                 residual_multiplier=0.22, attention_multiplier=1 / 16)),
     "SmolLM3ForCausalLM": ("SmolLM3Config", {}),
     "Ernie4_5ForCausalLM": ("Ernie4_5Config", dict(head_dim=16)),
     "HunYuanDenseV1ForCausalLM": ("HunYuanDenseV1Config", dict(head_dim=16)),

@@ -213,7 +213,8 @@ def save_heads(out_dir: str | Path, heads: Any, dtype: Any = None) -> dict[str, 
     scale = getattr(heads.embed_tokens, "embed_scale", None)
     return {"file": HEADS, "vocab_size": int(heads.vocab_size), "pad_token_id": heads.pad_token_id,
             "eos_token_ids": list(heads.eos_token_ids),
-            "embed_scale": float(scale) if scale is not None else None}
+            "embed_scale": float(scale) if scale is not None else None,
+            "logit_scale": float(heads.logit_scale), "logit_softcap": heads.logit_softcap}
 
 
 # -- reading -----------------------------------------------------------------------------------------------------
@@ -271,7 +272,8 @@ class FeatureCache:
         for m in (embed, head):
             m.requires_grad_(False)
         return TargetHeads(embed_tokens=embed, lm_head=head, vocab_size=int(info["vocab_size"]),
-                           pad_token_id=info.get("pad_token_id"), eos_token_ids=tuple(info.get("eos_token_ids") or ()))
+                           pad_token_id=info.get("pad_token_id"), eos_token_ids=tuple(info.get("eos_token_ids") or ()),
+                           logit_scale=float(info.get("logit_scale", 1.0)), logit_softcap=info.get("logit_softcap"))
 
 
 class CacheSplit:

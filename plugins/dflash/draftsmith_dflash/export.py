@@ -25,6 +25,7 @@ from draftsmith.checkpoint import save_draft
 from draftsmith.conventions import read_config_json
 from draftsmith.errors import ConfigError, DraftsmithError
 from draftsmith.formats import (engine_layer_ids, sglang_dflash_causality_problem, speculators_layer_fields,
+                                whole_head_rotary_problem,
                                speculators_verifier)
 from draftsmith.nn.weights import unwrap_model
 
@@ -77,13 +78,26 @@ def export_native(draft: Any, out_dir: str | Path, **options: Any) -> Path:
     return out_dir
 
 
+def export_zlab(draft: Any, out_dir: str | Path, **options: Any) -> Path:
+    """The native layout for z-lab's ``DFlashDraftModel``, refusing a partial-rotary draft: z-lab 0.1.0 builds
+    its rotary over the whole head (measured: block hidden states off by 7e-2 on a Qwen3.5 target)."""
+    problem = whole_head_rotary_problem(unwrap_model(draft).config, "zlab", "z-lab dflash 0.1.0")
+    if problem:
+        raise ConfigError(problem)
+    return export_native(draft, out_dir, **options)
+
+
 def export_sglang(draft: Any, out_dir: str | Path, **options: Any) -> Path:
     """The z-lab layout SGLang reads, refusing drafts whose attention SGLang would change (see
-    :func:`draftsmith.formats.sglang_dflash_causality_problem`)."""
+    :func:`draftsmith.formats.sglang_dflash_causality_problem`) or whose partial rotary its Qwen3-style layers
+    would spread over the whole head (as z-lab and SpecForge do)."""
     config = unwrap_model(draft).config
     problem = sglang_dflash_causality_problem(bool(getattr(config, "causal", False)), config.layer_types or [])
     if problem:
         raise ConfigError(f"the 'sglang' format cannot hold {problem}")
+    problem = whole_head_rotary_problem(config, "sglang", "SpecForge 0.2.0, SGLang")
+    if problem:
+        raise ConfigError(problem)
     return export_native(draft, out_dir, **options)
 
 
@@ -154,9 +168,9 @@ def _refuse_for_speculators(cfg: Any) -> None:
     if cfg.causal:
         raise ConfigError("the 'speculators' format cannot hold a causal DFlash draft: speculators runs "
                           "full-attention blocks bidirectionally whatever its flags; use --format vllm or zlab")
-    if float(getattr(cfg, "partial_rotary_factor", None) or 1.0) != 1.0:
-        raise ConfigError("the 'speculators' format cannot hold partial rotary (speculators' DFlash attention "
-                          "rotates the whole head); use --format vllm or zlab")
+    problem = whole_head_rotary_problem(cfg, "speculators", "speculators 0.9.0")
+    if problem:
+        raise ConfigError(problem)
     if getattr(cfg, "mlp_bias", False):
         raise ConfigError("the 'speculators' format cannot hold MLP biases (its Qwen3MLP has none); "
                           "use --format vllm or zlab")

@@ -166,7 +166,7 @@ class DFlashObjective:
         b_idx, n_idx, k_idx = sel
         src = anchors[b_idx, n_idx] + k_idx - 1  # (M,)
         with torch.no_grad():
-            teacher = self.heads.lm_head(features.final_hidden[b_idx, src]).float()
+            teacher = self.heads.target_logits(features.final_hidden[b_idx, src])  # (M, V) as the target's
         return distillation_kl(logits, teacher, self.kd_temperature)
 
     # ------------------------------------------------------------------------------------------------------

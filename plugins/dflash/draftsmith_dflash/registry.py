@@ -51,7 +51,7 @@ def is_speculators_dflash(config: dict[str, Any]) -> bool:
 FORMATS = (
     FormatSpec("dflash", "native", writer="draftsmith_dflash.export:export_native", clients=("draftsmith",),
                summary="the z-lab DFlashDraftModel layout with draftsmith metadata"),
-    FormatSpec("dflash", "zlab", writer="draftsmith_dflash.export:export_native",
+    FormatSpec("dflash", "zlab", writer="draftsmith_dflash.export:export_zlab",
                reader="draftsmith_dflash.readers:read_zlab", detect="draftsmith_dflash.registry:is_zlab_dflash",
                clients=("z-lab dflash", "SpecForge", "vLLM", "SGLang"),
                summary="z-lab DFlashDraftModel: dflash_config ids out(k), no embedding/lm_head; reads public "

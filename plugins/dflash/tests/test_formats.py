@@ -160,7 +160,7 @@ def test_speculators_refuses_partial_rotary_mlp_bias_and_unknown_options(tmp_pat
         export_speculators(draft, tmp_path / "m", target="t")
     draft.config.mlp_bias = False
     draft.config.partial_rotary_factor = 0.5
-    with pytest.raises(ConfigError, match="partial rotary"):
+    with pytest.raises(ConfigError, match="rotate the whole head: this draft rotates 8 of its 16"):
         export_speculators(draft, tmp_path / "p", target="t")
 
 

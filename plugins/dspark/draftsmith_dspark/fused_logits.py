@@ -33,17 +33,23 @@ def _softmax_(x: torch.Tensor) -> torch.Tensor:
     return x.div_(x.sum(-1, keepdim=True))
 
 
-def _teacher_probs(teacher_h, teacher_idx, teacher_weight):
+def _teacher_probs(teacher_h, teacher_idx, teacher_weight, transform=None):
     """Teacher distributions of a chunk's slots. With ``teacher_idx`` the rows of ``teacher_h`` are shared
     positions: overlapping blocks (anchors closer than γ) ask for the same target position, so each distinct
-    one is projected to the vocabulary once."""
+    one is projected to the vocabulary once. ``transform`` is the target's post-lm_head scale / soft-cap
+    (``TargetHeads.adjust_logits``), so the teacher is the target's own distribution."""
+    def probs(rows):
+        z = (rows @ teacher_weight.t()).float()
+        return _softmax_(transform(z) if transform is not None else z)
+
     if teacher_idx is None:
-        return _softmax_((teacher_h @ teacher_weight.t()).float())
+        return probs(teacher_h)
     uniq, inverse = torch.unique(teacher_idx, return_inverse=True)
-    return _softmax_((teacher_h.index_select(0, uniq) @ teacher_weight.t()).float()).index_select(0, inverse)
+    return probs(teacher_h.index_select(0, uniq)).index_select(0, inverse)
 
 
-def _chunk_terms(h, phi, teacher_h, teacher_idx, ids, lm_weight, w2, teacher_weight, ce_coef, l1_coef):
+def _chunk_terms(h, phi, teacher_h, teacher_idx, ids, lm_weight, w2, teacher_weight, ce_coef, l1_coef,
+                 teacher_transform=None):
     """CE, argmax, ∂loss/∂logits and L1 for one chunk of n slots, with at most three (n, V) fp32 buffers live
     (probabilities, gradient, teacher/sign) — the chunk's peak memory."""
     z = _logits(h, lm_weight, phi, w2)  # (n, V) fp32
@@ -56,7 +62,7 @@ def _chunk_terms(h, phi, teacher_h, teacher_idx, ids, lm_weight, w2, teacher_wei
     grad.scatter_add_(1, ids[:, None], -ce_coef[:, None])
     l1 = None
     if teacher_h is not None:
-        diff = _teacher_probs(teacher_h, teacher_idx, teacher_weight).sub_(p).neg_()  # p − t
+        diff = _teacher_probs(teacher_h, teacher_idx, teacher_weight, teacher_transform).sub_(p).neg_()  # p − t
         l1 = torch.linalg.vector_norm(diff, ord=1, dim=-1)
         sign = diff.sign_()
         with torch.autocast(p.device.type, enabled=False):  # an fp32 reduction over V, not a bf16 GEMM
@@ -68,7 +74,7 @@ def _chunk_terms(h, phi, teacher_h, teacher_idx, ids, lm_weight, w2, teacher_wei
 class _FusedSlotLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, phi, teacher_hidden, teacher_index, target_ids, lm_weight, w2, teacher_weight, ce_coef,
-                l1_coef, chunk_size):
+                l1_coef, chunk_size, teacher_transform):
         rows = hidden.shape[0]
         want_h, want_phi, want_lm, want_w2 = (ctx.needs_input_grad[0], ctx.needs_input_grad[1],
                                               ctx.needs_input_grad[5], ctx.needs_input_grad[6])
@@ -89,7 +95,8 @@ class _FusedSlotLoss(torch.autograd.Function):
                 teacher, t_idx = (teacher_hidden[s:e], None) if teacher_index is None else \
                     (teacher_hidden, teacher_index[s:e])
             ce[s:e], pred[s:e], grad_z, l1_chunk = _chunk_terms(h, p_phi, teacher, t_idx, ids, lm_weight, w2,
-                                                                teacher_weight, ce_coef[s:e], l1_coef[s:e])
+                                                                teacher_weight, ce_coef[s:e], l1_coef[s:e],
+                                                                teacher_transform)
             total += (ce_coef[s:e] * ce[s:e]).sum()
             if l1 is not None:
                 l1[s:e] = l1_chunk
@@ -116,20 +123,21 @@ class _FusedSlotLoss(torch.autograd.Function):
         lm_dtype, w2_dtype = ctx.param_dtypes  # the weight grads were accumulated in fp32
         grad_lm = grad_lm.to(lm_dtype) if grad_lm is not None else None
         grad_w2 = grad_w2.to(w2_dtype) if grad_w2 is not None else None
-        return grad_h, grad_phi, None, None, None, grad_lm, grad_w2, None, None, None, None
+        return grad_h, grad_phi, None, None, None, grad_lm, grad_w2, None, None, None, None, None
 
 
 def fused_slot_loss(hidden: torch.Tensor, target_ids: torch.Tensor, lm_weight: torch.Tensor, *,
                     phi: torch.Tensor | None = None, w2: torch.Tensor | None = None,
                     teacher_hidden: torch.Tensor | None = None, teacher_index: torch.Tensor | None = None,
-                    teacher_weight: torch.Tensor | None = None,
+                    teacher_weight: torch.Tensor | None = None, teacher_transform=None,
                     ce_coef: torch.Tensor, l1_coef: torch.Tensor | None = None, chunk_size: int = 128):
     """Weighted CE + L1 over ``M`` supervised slots, differentiable in ``hidden``, ``phi``, ``lm_weight``, ``w2``.
 
     hidden (M, H) final-normed draft states; phi (M, r) Markov features with ``w2`` (V, r); teacher_hidden
     (M, H) target post-norm states at the teacher positions with ``teacher_weight`` (V, H) (default
     ``lm_weight``) — or, with ``teacher_index`` (M,), any (N, H) states of which slot i uses row
-    ``teacher_index[i]`` (shared rows are projected once per chunk); ce_coef / l1_coef (M,) per-slot coefficients (weights already divided by the denominator).
+    ``teacher_index[i]`` (shared rows are projected once per chunk); ``teacher_transform`` maps the teacher's raw
+    logits to the target's (its logit scale / soft-cap; None: none); ce_coef / l1_coef (M,) per-slot coefficients (weights already divided by the denominator).
     Returns ``(Σ c_ce·CE + c_l1·L1, CE (M,), L1 (M,) or None, argmax (M,))``; only the sum carries gradient.
     """
     if (phi is None) != (w2 is None):
@@ -143,7 +151,8 @@ def fused_slot_loss(hidden: torch.Tensor, target_ids: torch.Tensor, lm_weight: t
         teacher_hidden = teacher_hidden.detach()
     l1_coef = l1_coef if l1_coef is not None else torch.zeros_like(ce_coef)
     return _FusedSlotLoss.apply(hidden, phi, teacher_hidden, teacher_index, target_ids, lm_weight, w2, teacher_weight,
-                                ce_coef.float().detach(), l1_coef.float().detach(), int(chunk_size))
+                                ce_coef.float().detach(), l1_coef.float().detach(), int(chunk_size),
+                                teacher_transform)
 
 
 def slot_terms(draft_logits: torch.Tensor, teacher_logits: torch.Tensor | None, target_ids: torch.Tensor

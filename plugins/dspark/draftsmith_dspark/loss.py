@@ -165,13 +165,14 @@ def fused_dspark_loss(hidden: torch.Tensor, target_ids: torch.Tensor, eval_mask:
                       block_keep_mask: torch.Tensor, lm_weight: torch.Tensor, *, phi: torch.Tensor | None = None,
                       w2: torch.Tensor | None = None, teacher_hidden: torch.Tensor | None = None,
                       teacher_positions: torch.Tensor | None = None,
-                      teacher_weight: torch.Tensor | None = None, confidence_pred: torch.Tensor | None = None,
-                      loss_decay_gamma: float | None = 4.0, ce_loss_alpha: float = 0.1, l1_loss_alpha: float = 0.9,
+                      teacher_weight: torch.Tensor | None = None, teacher_transform=None,
+                      confidence_pred: torch.Tensor | None = None, loss_decay_gamma: float | None = 4.0, ce_loss_alpha: float = 0.1, l1_loss_alpha: float = 0.9,
                       confidence_head_alpha: float = 1.0, chunk_size: int | None = None) -> DSparkLoss:
     """The same loss from hidden states: hidden (B, A, γ, H), phi (B, A, γ, r) with w2 (V, r), teacher_hidden
     (B, A, γ, H) (the target's post-norm states at the teacher positions) — or teacher_hidden (B, S, H) with
     ``teacher_positions`` (B, A, γ), which lets overlapping blocks share teacher rows; only supervised slots are ever
-    projected to the vocabulary; ``chunk_size`` slots at a time (default :func:`default_chunk_size`)."""
+    projected to the vocabulary; ``chunk_size`` slots at a time (default :func:`default_chunk_size`);
+    ``teacher_transform`` is the target's post-lm_head scale / soft-cap (``TargetHeads.adjust_logits``)."""
     needs_teacher = bool(l1_loss_alpha) or (confidence_pred is not None and bool(confidence_head_alpha))
     if needs_teacher and teacher_hidden is None:
         raise ConfigError("l1_loss_alpha / confidence_head_alpha > 0 need teacher_hidden (target final hidden)")
@@ -189,7 +190,7 @@ def fused_dspark_loss(hidden: torch.Tensor, target_ids: torch.Tensor, eval_mask:
         hidden[eval_mask], target_ids[eval_mask], lm_weight,
         phi=phi[eval_mask] if phi is not None else None, w2=w2,
         teacher_hidden=teacher_rows, teacher_index=teacher_index,
-        teacher_weight=teacher_weight, ce_coef=ce_loss_alpha * coef,
+        teacher_weight=teacher_weight, teacher_transform=teacher_transform, ce_coef=ce_loss_alpha * coef,
         l1_coef=l1_loss_alpha * coef if teacher_hidden is not None else None, chunk_size=chunk_size)
     return _assemble(lw, eval_mask, block_keep_mask, vocab_total=total, ce=ce, l1=l1, pred=pred,
                      target_ids=target_ids, confidence_pred=confidence_pred,

@@ -3,7 +3,8 @@
 Per micro-batch: sample up to ``num_anchors`` blocks per sequence, run the draft over all of them at once
 (:meth:`Qwen3DSparkModel.forward_hidden`), and score the supervised slots with the fused chunked loss —
 ``0.1·CE + 0.9·L1 + 1.0·BCE(confidence)`` with ``exp(−k/γ_d)`` slot weights and global DP denominators. The
-teacher for slot k is the target's distribution at ``anchor + k``: ``heads.lm_head(final_hidden)`` there.
+teacher for slot k is the target's distribution at ``anchor + k``: ``heads.lm_head(final_hidden)`` there, with
+the scale / soft-cap the target's forward applies after its lm_head (``heads.adjust_logits``).
 
 :meth:`DSparkObjective.acceptance_lengths` (the optional Objective method): every position as an anchor, the
 greedy drafts of each block scored against the batch's tokens (for core's exact greedy trajectory replay).
@@ -118,6 +119,7 @@ class DSparkObjective:
             phi=out.markov_features, w2=markov.markov_w2.weight if markov is not None else None,
             teacher_hidden=features.final_hidden if self.needs_teacher else None,
             teacher_positions=out.teacher_positions, teacher_weight=self.heads.lm_head.weight,
+            teacher_transform=self.heads.adjust_logits,
             confidence_pred=out.confidence_pred, loss_decay_gamma=self.loss_decay_gamma,
             ce_loss_alpha=self.ce_alpha, l1_loss_alpha=self.l1_alpha, confidence_head_alpha=self.conf_alpha,
             chunk_size=self.chunk_size)

@@ -147,7 +147,7 @@ def test_plain_qwen3_clients_refuse_an_mlp_bias_and_a_partial_rotary(make, tmp_p
         _export(draft, fmt, tmp_path / "a", target="x")
     draft = make()
     draft.config.rope_parameters = {**draft.config.rope_parameters, "partial_rotary_factor": 0.5}
-    with pytest.raises(ConfigError, match="rotates the whole head.*--format vllm"):
+    with pytest.raises(ConfigError, match="rotate the whole head.*--format vllm"):
         _export(draft, fmt, tmp_path / "b", target="x")
 
 

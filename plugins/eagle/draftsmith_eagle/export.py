@@ -32,7 +32,8 @@ import torch
 
 from draftsmith.checkpoint import save_draft
 from draftsmith.errors import ConfigError, DraftsmithError
-from draftsmith.formats import check_capturable, engine_layer_ids, speculators_layer_fields, speculators_verifier
+from draftsmith.formats import (check_capturable, engine_layer_ids, specforge_rope_parameters, speculators_layer_fields,
+                                speculators_verifier, whole_head_rotary_problem)
 from draftsmith.nn.weights import non_finite_tensors, unwrap_model
 
 from .draft_llama import LlamaEagle3DraftModel
@@ -73,6 +74,10 @@ def export_sglang(draft: Any, out_dir: str | Path, **options: Any) -> Path:
     if cfg.norm_output:
         raise ConfigError("the 'sglang' format cannot hold EAGLE-3.1 norm_output (SpecForge reads that key as "
                           "'apply the final norm before lm_head'): use --format vllm or speculators")
+    problem = whole_head_rotary_problem(cfg, "sglang", "SpecForge 0.2.0, SGLang")
+    if problem:
+        raise ConfigError(problem)
+    rope = specforge_rope_parameters(cfg.rope_parameters or {})  # ConfigError for a rope it would misread
     out = export_native(draft, out_dir)
     if not model.compresses_vocab:  # identity maps: SpecForge leaves absent d2t/t2d uninitialised
         state = load_file(str(out / "model.safetensors"))
@@ -82,6 +87,9 @@ def export_sglang(draft: Any, out_dir: str | Path, **options: Any) -> Path:
     # no longer the native layout (identity maps): our block moves aside, load_draft reads it as 'sglang'
     text = json.loads((out / "config.json").read_text())
     text["draftsmith_export"] = {**text.pop("draftsmith"), "exported_for": "sglang"}
+    text["rope_parameters"] = rope  # YaRN with the mscale / beta keys SpecForge requires
+    if "rope_scaling" in text:  # the legacy key wins when transformers loads the config: the same keys there
+        text["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
     (out / "config.json").write_text(json.dumps(text, indent=2, sort_keys=True) + "\n")
     return out
 
@@ -108,14 +116,16 @@ def export_vllm(draft: Any, out_dir: str | Path, **options: Any) -> Path:
     return out
 
 
-def export_speculators(draft: Any, out_dir: str | Path, **options: Any) -> Path:
+def export_speculators(draft: Any, out_dir: str | Path, *, target: str | None = None, **options: Any) -> Path:
     """EAGLE-3 in the vLLM ``speculators`` format (see module docstring); ``target``: the verifier's directory
     or hub id (default: where the draft's target was loaded from)."""
-    target = options.pop("target", None)
     if options:
         raise ConfigError(f"speculators export takes only the option 'target', got {sorted(options)}")
     model = _require_eagle3(draft, "speculators")
     cfg = model.config
+    problem = whole_head_rotary_problem(cfg, "speculators", "speculators 0.9.0")
+    if problem:
+        raise ConfigError(problem)
     block = dict(getattr(cfg, "draftsmith", None) or {})
     ids = engine_layer_ids(cfg.target_layer_ids, _target_layers(model), "speculators")
     verifier = speculators_verifier(target, block)

@@ -19,7 +19,6 @@ from draftsmith.errors import ConfigError, DataError
 from draftsmith.method import ObjectiveOutput, TargetFeatures, TargetHeads, TargetRequest
 from draftsmith.nn.random_stream import RandomStream
 
-from .draft_base import weight_of
 from .loss import (batch_tensors, chain_counts, global_sum, prediction_validity, shift_left, simulated_tau,
                      soft_cross_entropy, step_weights, world_size)
 from .masks import causal_visibility
@@ -64,11 +63,9 @@ class _EagleObjective(nn.Module):
 
     @torch.no_grad()
     def _target_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Target logits ``(N, V)`` (fp32) of post-norm hidden rows ``(N, H)`` through the target ``lm_head``."""
-        head = self.heads.lm_head
-        weight = weight_of(head)
-        bias = getattr(head, "bias", None)
-        return F.linear(hidden.to(weight.dtype), weight, bias).float()
+        """Target logits ``(N, V)`` (fp32) of post-norm hidden rows ``(N, H)``: the target ``lm_head`` and the
+        scale / soft-cap its forward applies after it (Granite, Cohere, Gemma 2)."""
+        return self.heads.target_logits(hidden)  # incl. the target's logit scale / soft-cap
 
 
 class Eagle1Objective(_EagleObjective):
