@@ -203,3 +203,19 @@ def test_tied_targets_give_drafts_the_embedding_as_head(arch):
 def test_the_tied_families_are_the_expected_ones():
     assert set(TIED) >= {"Gemma2ForCausalLM", "Gemma3ForCausalLM", "Gemma4ForCausalLM", "SmolLM3ForCausalLM",
                          "Ernie4_5ForCausalLM"}
+
+
+def test_a_run_that_captures_the_last_layer_says_it_cannot_be_served():
+    """DSpark's default rule (NeMo's) ends at the last decoder layer, which no engine captures: `train` says so at
+    the start, not `export` after the run."""
+    from draftsmith.testing import tiny_target_config
+    from draftsmith.train.setup import _warn_unservable_layers
+    from draftsmith_dspark.registry import build_target_layer_ids
+
+    config = tiny_target_config("Qwen3ForCausalLM", num_layers=6)
+    lines: list[str] = []
+    _warn_unservable_layers(TargetRequest(layer_ids=tuple(build_target_layer_ids(6, 1))), config, lines.append)
+    assert len(lines) == 1 and "target layer 5" in lines[0] and "ids <= 4" in lines[0]
+    lines.clear()
+    _warn_unservable_layers(TargetRequest(layer_ids=(1, 4), final_hidden=True), config, lines.append)
+    assert lines == []

@@ -178,6 +178,7 @@ def build_setup(config: RunConfig, info: DistInfo, device: torch.device, *,
         draft = build_draft(spec, target_config, draft_options, config.train.seed).to(device)
     objective = build_objective(method, draft, heads, objective_options)
     request = objective.target_request()
+    _warn_unservable_layers(request, target_config, log)
     setup = Setup(config=config, dist=info, device=device, method=method, spec=spec, target_config=target_config,
                   target=target, tokenizer=tokenizer, chat_template=template, heads=heads, draft=draft,
                   objective=objective, request=request, target_dtype=dtype, cache=cache, data=data)
@@ -186,6 +187,19 @@ def build_setup(config: RunConfig, info: DistInfo, device: torch.device, *,
         if load_data:
             setup.data = build_data(config, tokenizer, template, cache, vocab, log)
     return setup
+
+
+def _warn_unservable_layers(request: Any, target_config: Any, log: Callable[[str], None]) -> None:
+    """One line at the start of a run whose captured layers include the last decoder layer's output: it trains
+    and evaluates, but no serving engine captures it (DSpark's default rule, NeMo's, ends there), so every
+    engine export would refuse the draft after training."""
+    from ..conventions import num_target_layers
+
+    last = num_target_layers(target_config) - 1
+    if last in request.layer_ids:
+        log(f"warning: the draft reads target layer {last}, the last decoder layer's output: no serving engine "
+            f"captures it, so `draftsmith export` to vllm/sglang/speculators will refuse this draft; set "
+            f"draft.target_layer_ids to ids <= {last - 1} to serve it (captured: {list(request.layer_ids)})")
 
 
 def _own_heads(heads: TargetHeads) -> TargetHeads:
