@@ -18,11 +18,28 @@ DESCRIPTION = HELP + """
 Input: JSONL prompts, {"messages": [...]} (trailing assistant turns are dropped and regenerated) or
 {"text": "..."} (taken as one user turn). Output: one line per prompt,
 {"id": ..., "messages": [..., {"role": "assistant", "content": ...}], "finish_reason": "stop"|"length",
-"num_tokens": N}. Re-running with the same --out resumes: prompts already written (same id) are skipped."""
+"num_tokens": N}. Re-running with the same --out resumes: prompts already written (same id) are skipped.
+
+--target DIR generates in-process (batched transformers generate). --endpoint URL sends the prompts to a serving
+engine with --concurrency requests in flight, retrying 429/5xx/connection errors with backoff (a server that
+restarts loses nothing), and keeps the server's reasoning_content in the assistant turn."""
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--target", required=True, help="local HF target directory (safetensors)")
+    parser.add_argument("--target", help="local HF target directory (safetensors), generated in-process")
+    parser.add_argument("--endpoint", metavar="URL",
+                        help="instead of --target: an OpenAI-compatible API serving the target, e.g. "
+                             "http://127.0.0.1:8000/v1 (vllm serve, SGLang, transformers serve, TGI)")
+    parser.add_argument("--model", help="with --endpoint: the model name requests carry (default: the one model "
+                                        "the server lists; `transformers serve DIR` answers only to DIR)")
+    parser.add_argument("--concurrency", type=int, default=8, help="with --endpoint: requests in flight")
+    parser.add_argument("--api-key-env", metavar="VAR", help="with --endpoint: environment variable holding the "
+                                                             "API key (sent as a bearer token)")
+    parser.add_argument("--timeout", type=float, default=600.0, help="with --endpoint: seconds per request")
+    parser.add_argument("--max-retries", type=int, default=10,
+                        help="with --endpoint: retries of a request on 429/5xx/connection errors (exponential "
+                             "backoff up to 10 s; the default rides out a server restart of about a minute)")
+    parser.add_argument("--stop", action="append", default=[], help="with --endpoint: a stop string (repeatable)")
     parser.add_argument("--prompts", required=True, help="prompt JSONL ({'messages': [...]} or {'text': ...})")
     parser.add_argument("--out", required=True, help="output JSONL (appended to; resumable)")
     parser.add_argument("--max-new-tokens", type=int, default=512)
@@ -63,6 +80,25 @@ def read_done(out: Path) -> set[str]:
     return done
 
 
+def _endpoint_config(args):
+    import os
+
+    from draftsmith.data.endpoint import EndpointConfig
+    from draftsmith.errors import ConfigError
+
+    if args.top_k:
+        raise ConfigError("--top-k is not part of the OpenAI chat-completions API: use --temperature / --top-p "
+                          "with --endpoint")
+    key = None
+    if args.api_key_env:
+        key = os.environ.get(args.api_key_env)
+        if not key:
+            raise ConfigError(f"--api-key-env {args.api_key_env}: that environment variable is not set")
+    return EndpointConfig(url=args.endpoint, model=args.model, api_key=key, concurrency=args.concurrency,
+                          timeout=args.timeout, max_retries=args.max_retries, max_tokens=args.max_new_tokens,
+                          temperature=args.temperature, top_p=args.top_p, seed=args.seed, stop=tuple(args.stop))
+
+
 def run(args) -> int:
     import torch
     from tqdm import tqdm
@@ -72,9 +108,12 @@ def run(args) -> int:
     from draftsmith.errors import ConfigError
     from draftsmith.target import load_target, load_tokenizer, target_heads
 
+    if (args.target is None) == (args.endpoint is None):
+        raise ConfigError("give exactly one of --target DIR (generate in-process) or --endpoint URL (a server)")
     sampling = SamplingConfig(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
     if args.batch_size < 1 or args.max_new_tokens < 1:
         raise ConfigError("--batch-size and --max-new-tokens must be >= 1")
+    endpoint = _endpoint_config(args) if args.endpoint else None  # bad options fail before any work
     prompts = read_prompts(args.prompts, args.max_prompts)
     # a raw-text prompt is one user turn: the output is chat data in messages form
     prompts = [p if p.is_chat else Prompt(line=p.line, messages=[{"role": "user", "content": p.text}], id=p.id)
@@ -90,6 +129,13 @@ def run(args) -> int:
     skipped = len(prompts) - len(todo)
     if not todo:
         print(f"nothing to do: all {len(prompts)} prompts are already in {out}")
+        return 0
+    if endpoint is not None:
+        from draftsmith.data.endpoint import regenerate_via_endpoint
+
+        written = regenerate_via_endpoint(todo, out, endpoint)
+        print(f"wrote {written} conversations to {out} through {endpoint.url}" + (
+            f" ({skipped} prompts skipped: already written or duplicate)" if skipped else ""))
         return 0
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = load_tokenizer(args.target, trust_remote_code=args.trust_remote_code,
