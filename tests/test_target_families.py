@@ -49,6 +49,10 @@ CLI_CASES = {"GptOssForCausalLM": ("eagle3", ["--set", "method_options.ttt_steps
              "GraniteForCausalLM": ("eagle3", ["--set", "method_options.ttt_steps=2"])}
 
 
+def _no_bare_constants(name: str):
+    raise AssertionError(f"`eval --json` wrote a bare {name}, which strict JSON parsers reject")
+
+
 @pytest.mark.parametrize("arch", list(CLI_CASES))
 def test_a_family_target_trains_and_is_lossless_through_the_cli(tmp_path, arch):
     """What a user runs: a saved target of the family, `draftsmith train`, then `draftsmith eval
@@ -70,8 +74,9 @@ def test_a_family_target_trains_and_is_lossless_through_the_cli(tmp_path, arch):
                    "--prompts", str(prompts), "--max-new-tokens", "24", "--check-lossless", "--no-baseline",
                    "--json", "--device", "cpu"], env=env)
     assert res.returncode == 0, res.stderr[-2000:]
-    report = json.loads(res.stdout)
+    report = json.loads(res.stdout, parse_constant=_no_bare_constants)  # strict JSON: no bare NaN
     assert report["lossless"]["ok"] is True and report["generated_tokens"] == 48
+    assert report["speedup"] == "nan"  # --no-baseline: no speedup, written as the string JSON can hold
     if method != "eagle1":  # EAGLE-1 has no engine format (docs/coverage.md)
         res = run_cli(["export", "--draft", str(tmp_path / "run" / "final"), "--format", "vllm",
                        "--out", str(tmp_path / "vllm")], env=env)

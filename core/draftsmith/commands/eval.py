@@ -173,7 +173,10 @@ def run(args) -> int:
             prompt_line=prompts[m.prompt_index].line,
             speculative_text=tokenizer.decode(m.speculative), target_text=tokenizer.decode(m.target))
     if args.json:
-        print(json.dumps(info, indent=2, default=str))
+        from draftsmith.tracking.jsonl_tracker import json_plain
+
+        # strict JSON: a metric without data (speedup with --no-baseline, an unreached position) is "nan"
+        print(json.dumps(json_plain(info), indent=2, default=str, allow_nan=False))
     else:
         print_report(info)
     if report.mismatch is not None:

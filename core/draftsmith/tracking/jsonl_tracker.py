@@ -14,9 +14,19 @@ METRICS_FILE = "metrics.jsonl"
 
 
 def _plain(value: Any) -> Any:
+    """``value`` with every non-finite float, at any depth, as the string ``"nan"`` / ``"inf"`` / ``"-inf"``: JSON
+    has no NaN or infinity (Python writes bare ``NaN``, which strict parsers reject). ``draftsmith report`` and
+    the trackers read the strings back as floats. Also what ``draftsmith eval --json`` writes."""
     if isinstance(value, float) and not math.isfinite(value):
-        return str(value)  # JSON has no NaN/inf
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
     return value
+
+
+json_plain = _plain  # public name for other JSON writers
 
 
 class JsonlTracker:
