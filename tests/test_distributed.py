@@ -148,3 +148,87 @@ def test_fsdp_with_a_method_that_calls_the_draft_a_data_dependent_number_of_time
     res = torchrun(tmp_path, "train", str(path))
     evals = [r for r in read_metrics(tmp_path / "run") if r.get("split") == "eval"]
     assert [r["step"] for r in evals] == [1, 2, 3] and all(finite(r["tau_replay"]) for r in evals), res.stderr[-2000:]
+
+
+# -- two nodes on one host: two torchrun launchers, c10d rendezvous on 127.0.0.1 ---------------------------------
+def two_nodes(tmp_path: Path, *args: str, delay: float = 0.0) -> list[subprocess.Popen]:
+    """``torchrun --nnodes 2 --nproc-per-node 1`` twice (node agents meeting at a c10d rendezvous), as a
+    multi-node job runs them (docs/scaling.md); each in its own session so a test can kill a whole node."""
+    import uuid
+
+    env = subprocess_env()
+    if delay:
+        env["DRAFTSMITH_TEST_STEP_DELAY"] = str(delay)
+    endpoint, job = f"127.0.0.1:{free_port()}", f"draftsmith-test-{uuid.uuid4().hex[:8]}"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+           "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", job, "--max-restarts", "0",
+           str(launcher(tmp_path)), *args]
+    return [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                             start_new_session=True) for _node in range(2)]
+
+
+def finish(nodes: list[subprocess.Popen]) -> list[tuple[str, str]]:
+    outs = [node.communicate(timeout=400) for node in nodes]
+    for node, (_out, err) in zip(nodes, outs):
+        assert node.returncode == 0, err[-3000:]
+    return outs
+
+
+def test_two_nodes_equal_one_process(tmp_path, world, toy):
+    """2 nodes x 1 process x 1 row x 2 micro-batches == 1 process x 2 rows x 2 micro-batches (global batch 4)."""
+    from draftsmith.train.trainer import train
+
+    train(from_dict(config(tmp_path, world, "one", batch_size=2, **{"train.grad_accum": 2})))
+    path = tmp_path / "nodes.yaml"
+    path.write_text(json.dumps(config(tmp_path, world, "nodes", batch_size=1, **{"train.grad_accum": 2})))
+    outs = finish(two_nodes(tmp_path, "train", str(path)))
+    assert sum(out.count("trained 4 steps") for out, _err in outs) == 1  # global rank 0 only
+    assert any("2 process(es)" in err for _out, err in outs)
+    assert_same_run(tmp_path / "nodes", tmp_path / "one")
+
+
+def test_two_nodes_killed_mid_run_resume_to_the_uninterrupted_weights(tmp_path, world):
+    """SIGKILL both nodes after the step-2 checkpoint, relaunch both with --resume: the weights and the logged
+    metrics equal the single-process reference (global batch 4)."""
+    import os
+    import signal
+    import time
+
+    from draftsmith.train import checkpointing as ckpt
+
+    path = tmp_path / "killed.yaml"
+    path.write_text(json.dumps(config(tmp_path, world, "killed", batch_size=2)))
+    nodes = two_nodes(tmp_path, "train", str(path), delay=1.0)
+    deadline = time.time() + 300
+    while time.time() < deadline and not ckpt.list_checkpoints(tmp_path / "killed"):
+        assert all(n.poll() is None for n in nodes), nodes[0].communicate()[1][-3000:]
+        time.sleep(0.2)
+    for node in nodes:  # the whole node: agent and worker
+        os.killpg(node.pid, signal.SIGKILL)
+        node.communicate(timeout=60)
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "killed")] == [2]  # killed before the end
+    outs = finish(two_nodes(tmp_path, "train", str(path), "--resume"))
+    assert any("at step 2" in err for _out, err in outs)
+    assert_same_run(tmp_path / "killed", world["reference"])
+
+
+def test_prepare_features_on_two_nodes_matches_one_rank(tmp_path, world):
+    import draftsmith
+    from draftsmith.data.features import FeatureCache
+    from draftsmith.train.prepare import prepare_features
+
+    draftsmith.reset_plugins()
+    register_toy()
+    cfg = toy_config(tmp_path, world["target"], world["data"])
+    prepare_features(from_dict(cfg), tmp_path / "one", dtype="float32", log=lambda s: None)
+    path = tmp_path / "p.yaml"
+    path.write_text(json.dumps(cfg))
+    finish(two_nodes(tmp_path, "prepare-features", str(path), "--out", str(tmp_path / "two"), "--dtype", "float32"))
+    one, two = FeatureCache(tmp_path / "one"), FeatureCache(tmp_path / "two")
+    shards = [s["file"] for s in two.manifest["splits"]["train"]["shards"]]
+    assert any("-R00-" in f for f in shards) and any("-R01-" in f for f in shards)  # both nodes wrote, one manifest
+    a, b = one.split("train"), two.split("train")
+    assert len(a) == len(b) == 24
+    for i in range(24):
+        for k in (1, 2):
+            torch.testing.assert_close(b.features(i, [1, 2])[k], a.features(i, [1, 2])[k], rtol=1e-5, atol=1e-5)

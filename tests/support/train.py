@@ -147,7 +147,8 @@ def register_toy():
 
 
 def launcher(tmp) -> Path:
-    """A script running ``draftsmith <args>`` with the toy method registered (works under torchrun).
+    """A script running ``draftsmith <args>`` with the toy method registered (works under torchrun);
+    ``$DRAFTSMITH_TEST_STEP_DELAY`` seconds of sleep before each toy objective call.
 
     The toy is registered by import strings (``support.train:...``, with ``tests/`` put on ``sys.path``), so a
     command that fails before training (bad flags, paths, keys) never pays for importing torch.
@@ -162,6 +163,11 @@ def launcher(tmp) -> Path:
         "    layer_policy=m + ':toy_layer_policy', default_options={'scale': 1.0}))\n"
         "draftsmith.register_draft(draftsmith.DraftSpec(method='toy', draft_cls=m + ':ToyDraft',\n"
         f"    architectures={TOY_ARCHITECTURES!r}))\n"
+        "import os, time\n"
+        "if os.environ.get('DRAFTSMITH_TEST_STEP_DELAY'):  # slowed steps, so a test can kill a run mid-way\n"
+        "    import support.train as t\n"
+        "    delay, call = float(os.environ['DRAFTSMITH_TEST_STEP_DELAY']), t.ToyObjective.__call__\n"
+        "    t.ToyObjective.__call__ = lambda self, *a, **k: (time.sleep(delay), call(self, *a, **k))[1]\n"
         "from draftsmith.cli import main\n"
         "main(sys.argv[1:])\n")
     return script
