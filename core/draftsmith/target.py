@@ -223,6 +223,7 @@ def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False, chat_te
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"target {str(path)!r} has no usable tokenizer: {str(exc).splitlines()[0]}") from exc
     if chat_template is not None:
-        p = Path(chat_template)
-        tok.chat_template = p.read_text() if p.is_file() else str(chat_template)
+        from .data.chat import resolve_template
+
+        tok.chat_template = resolve_template(tok, chat_template)  # a file, a Jinja string or a built-in name
     return tok

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ._args import json_object
+
 HELP = "show how training data is tokenised and which tokens are supervised (a loss-mask audit)"
 DESCRIPTION = """Render samples of a training file with the target's chat template and highlight the supervised
 (assistant) tokens, then print mask statistics: dropped samples (all-zero masks), all-ones masks on chats,
@@ -14,7 +16,10 @@ truncation, supervised fraction.
 def add_arguments(parser) -> None:
     parser.add_argument("--target", required=True, help="local HF model directory (its tokenizer and config)")
     parser.add_argument("--data", required=True, action="append", help="data file (JSONL, JSON array, parquet, arrow) or directory (repeatable)")
-    parser.add_argument("--chat-template", help="Jinja chat template file overriding the tokenizer's")
+    parser.add_argument("--chat-template", help="Jinja chat template file overriding the tokenizer's (or a "
+                                                 "built-in: chatml, qwen3-thinking)")
+    parser.add_argument("--chat-template-kwargs", type=json_object, default={}, metavar="JSON",
+                        help='keywords the chat template reads, e.g. \'{"enable_thinking": false}\'')
     parser.add_argument("--seq-len", type=int, default=2048, help="truncation length (default 2048)")
     parser.add_argument("--index", type=int, default=0, help="first sample to show (default 0)")
     parser.add_argument("--num", type=int, default=1, help="how many samples to show (default 1; 0 = statistics only)")
@@ -49,7 +54,8 @@ def run(args) -> int:
         cfg = json.loads(config_file.read_text())
         vocab = (cfg.get("text_config") or {}).get("vocab_size") or cfg.get("vocab_size")
     samples, report = load_samples(args.data, tokenizer, seq_len=args.seq_len, on_bad_data=args.on_bad_data,
-                                   vocab_size=vocab, chat_template=template)
+                                   vocab_size=vocab, chat_template=template,
+                                   chat_template_kwargs=args.chat_template_kwargs)
     stats = statistics(samples, report)
     if args.json:
         print(json.dumps(stats, indent=2))

@@ -42,10 +42,50 @@ CHATML_WITH_GENERATION = (
 )
 
 
+# Qwen3's thinking format with generation tags: the assistant turns after the last user message carry their
+# reasoning in a <think> block (``reasoning_content``, or an empty block), earlier turns their answer only (Qwen3
+# drops past reasoning). With ``enable_thinking=False`` (a chat-template keyword, ``data.chat_template_kwargs``)
+# the template itself writes the empty block into the generation prompt, so it is outside the tags: supervised is
+# exactly what the target generates — its think block and answer in thinking mode, the answer alone otherwise.
+QWEN3_THINKING_WITH_GENERATION = (
+    "{%- set ns = namespace(last_query=-1) %}"
+    "{%- for message in messages %}{%- if message['role'] == 'user' %}{%- set ns.last_query = loop.index0 %}"
+    "{%- endif %}{%- endfor %}"
+    "{%- set thinking = not (enable_thinking is defined and enable_thinking is false) %}"
+    "{%- for message in messages %}"
+    "{%- if message['role'] == 'assistant' %}"
+    "{%- set reasoning = (message.get('reasoning_content') or '') | trim %}"
+    "{{- '<|im_start|>assistant\n' }}"
+    "{%- if loop.index0 > ns.last_query and thinking %}"
+    "{%- generation %}{{- '<think>\n' + reasoning + '\n</think>\n\n' + message['content'] | trim + '<|im_end|>' }}"
+    "{%- endgeneration %}"
+    "{%- elif loop.index0 > ns.last_query %}"
+    "{%- if reasoning %}{{- raise_exception('a reasoning_content with enable_thinking=false: the target did not "
+    "think in this turn') }}{%- endif %}"
+    "{{- '<think>\n\n</think>\n\n' }}"
+    "{%- generation %}{{- message['content'] | trim + '<|im_end|>' }}{%- endgeneration %}"
+    "{%- else %}"
+    "{%- generation %}{{- message['content'] | trim + '<|im_end|>' }}{%- endgeneration %}"
+    "{%- endif %}"
+    "{{- '\n' }}"
+    "{%- else %}"
+    "{{- '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}"
+    "{%- if not thinking %}{{- '<think>\n\n</think>\n\n' }}{%- endif %}{%- endif %}"
+)
+# names ``data.chat_template`` / ``--chat-template`` accept besides a file or an inline Jinja string
+BUILTIN_TEMPLATES = {"chatml": CHATML_WITH_GENERATION, "qwen3-thinking": QWEN3_THINKING_WITH_GENERATION}
+
+
 def resolve_template(tokenizer: Any, override: str | Path | None = None) -> str | None:
-    """The chat template text in use: ``override`` (a file path or a Jinja string), else the tokenizer's."""
+    """The chat template text in use: ``override`` (a file path, a Jinja string or a name of
+    :data:`BUILTIN_TEMPLATES`), else the tokenizer's."""
     if override:
         text = str(override)
+        if text in BUILTIN_TEMPLATES:
+            return BUILTIN_TEMPLATES[text]
         if "{%" in text or "{{" in text:  # an inline Jinja template, not a file name
             return text
         p = Path(text)
@@ -61,26 +101,28 @@ def resolve_template(tokenizer: Any, override: str | Path | None = None) -> str 
 class ChatEncoder:
     """Renders conversations with a chat template and marks the assistant tokens."""
 
-    def __init__(self, tokenizer: Any, template: str) -> None:
+    def __init__(self, tokenizer: Any, template: str, template_kwargs: dict | None = None) -> None:
         if not template:
             raise ConfigError("the target's tokenizer has no chat template; pass one with --chat-template FILE "
                               "(data.chat_template)")
         self.tokenizer = tokenizer
         self.template = template
+        self.template_kwargs = dict(template_kwargs or {})  # e.g. enable_thinking=False (data.chat_template_kwargs)
         self.mode = "generation" if GENERATION_TAG.search(template) else "prefix"
         if self.mode == "generation" and not getattr(tokenizer, "is_fast", False):
             self.mode = "prefix"  # transformers maps generation spans to tokens with a fast tokenizer only
 
     def _render(self, messages: list[dict], tools: Any, *, add_generation_prompt: bool = False) -> str:
         return self.tokenizer.apply_chat_template(messages, tools=tools, chat_template=self.template,
-                                                  tokenize=False, add_generation_prompt=add_generation_prompt)
+                                                  tokenize=False, add_generation_prompt=add_generation_prompt,
+                                                  **self.template_kwargs)
 
     def encode(self, messages: list[dict], tools: Any = None) -> tuple[list[int], list[int]]:
         """``(input_ids, loss_mask)`` of one conversation; raises ValueError if the template misbehaves."""
         if self.mode == "generation":
             out = self.tokenizer.apply_chat_template(
                 messages, tools=tools, chat_template=self.template, tokenize=True, return_dict=True,
-                return_assistant_tokens_mask=True)
+                return_assistant_tokens_mask=True, **self.template_kwargs)
             ids = list(out["input_ids"])
             return ids, [int(m) for m in out["assistant_masks"]]
         return self._encode_by_prefixes(messages, tools)

@@ -50,6 +50,7 @@ class EndpointConfig:
     top_p: float = 1.0
     seed: int | None = 0
     stop: Sequence[str] = ()
+    chat_template_kwargs: dict = dataclasses.field(default_factory=dict)  # e.g. enable_thinking (vLLM, SGLang)
 
     def __post_init__(self) -> None:
         self.url = self.url.rstrip("/")
@@ -165,6 +166,8 @@ async def _run(prompts: Sequence[Any], out: Path, cfg: EndpointConfig, on_done: 
                         payload["seed"] = cfg.seed + index
                     if cfg.stop:
                         payload["stop"] = list(cfg.stop)
+                    if cfg.chat_template_kwargs:
+                        payload["chat_template_kwargs"] = dict(cfg.chat_template_kwargs)
                     record = _record(prompt, await _request(client, cfg, "POST", "/chat/completions", json=payload))
                     f.write(json.dumps(record, ensure_ascii=False) + "\n")
                     f.flush()  # whole lines only: a kill loses the requests in flight, never a written answer

@@ -115,6 +115,8 @@ def check_manifest(manifest: Mapping[str, Any], expected: Mapping[str, Any], *, 
                 raise ManifestMismatch(f"{where}: field 'draftsmith_version' is {have!r}, this is draftsmith "
                                        f"{want}; rebuild the cache")
             continue
+        if field == "chat_template_kwargs":
+            have = have or {}  # caches written before the field had none
         if have != want:
             raise ManifestMismatch(f"{where}: field {field!r} is {_short(have)}, the run has {_short(want)}; "
                                    f"the cache was built for a different run — rebuild it or fix the config")

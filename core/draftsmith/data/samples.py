@@ -79,11 +79,12 @@ class DataReport:
 
 def load_samples(paths: str | Path | Sequence[str | Path], tokenizer: Any = None, *, seq_len: int,
                  on_bad_data: str = "error", vocab_size: int | None = None, chat_template: str | None = None,
-                 max_samples: int = 0) -> tuple[list[Sample], DataReport]:
+                 max_samples: int = 0, chat_template_kwargs: dict | None = None) -> tuple[list[Sample], DataReport]:
     """Tokenised, validated samples of the data files and the report of what was dropped or warned.
 
     ``chat_template`` is the template text (see :func:`draftsmith.data.chat.resolve_template`); ``None`` uses
-    the tokenizer's own. Raises :class:`DataError` when nothing usable remains.
+    the tokenizer's own; ``chat_template_kwargs`` are the keywords it reads (``enable_thinking``). Raises
+    :class:`DataError` when nothing usable remains.
     """
     if seq_len < 2:
         raise ConfigError(f"seq_len must be at least 2, got {seq_len}")
@@ -94,7 +95,7 @@ def load_samples(paths: str | Path | Sequence[str | Path], tokenizer: Any = None
         try:
             if record.is_chat:
                 if encoder is None:
-                    encoder = _encoder(tokenizer, chat_template)
+                    encoder = _encoder(tokenizer, chat_template, chat_template_kwargs)
                     report.mask_mode = encoder.mode
                 try:
                     ids, mask = encoder.encode(record.messages, record.tools)
@@ -125,12 +126,12 @@ def load_samples(paths: str | Path | Sequence[str | Path], tokenizer: Any = None
     return samples, report
 
 
-def _encoder(tokenizer: Any, chat_template: str | None) -> ChatEncoder:
+def _encoder(tokenizer: Any, chat_template: str | None, template_kwargs: dict | None = None) -> ChatEncoder:
     if tokenizer is None:
         raise ConfigError("chat data needs the target's tokenizer, but none is available")
     from .chat import resolve_template
 
-    return ChatEncoder(tokenizer, chat_template or resolve_template(tokenizer))
+    return ChatEncoder(tokenizer, chat_template or resolve_template(tokenizer), template_kwargs)
 
 
 def _finish(ids: list[int], mask: list[int], source: str, seq_len: int, is_chat: bool,

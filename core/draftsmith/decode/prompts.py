@@ -88,20 +88,23 @@ def read_prompts(path: str | Path, limit: int | None = None) -> list[Prompt]:
     return prompts
 
 
-def prompt_text(prompt: Prompt, tokenizer: Any) -> str:
+def prompt_text(prompt: Prompt, tokenizer: Any, template_kwargs: dict | None = None) -> str:
     """The exact text the target continues (chat template applied to message prompts)."""
     if not prompt.is_chat:
         return prompt.text
     if not getattr(tokenizer, "chat_template", None):
         raise DataError(f"line {prompt.line}: a 'messages' prompt needs a chat template, and the target's "
                         f"tokenizer has none (pass --chat-template FILE or use {{\"text\": ...}} prompts)")
-    return tokenizer.apply_chat_template(prompt.messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer.apply_chat_template(prompt.messages, tokenize=False, add_generation_prompt=True,
+                                         **(template_kwargs or {}))
 
 
-def encode_prompt(prompt: Prompt, tokenizer: Any) -> list[int]:
+def encode_prompt(prompt: Prompt, tokenizer: Any, template_kwargs: dict | None = None) -> list[int]:
     """Token ids of a prompt. Chat text already carries the template's special tokens (no BOS added twice);
-    raw text gets the tokenizer's usual special tokens."""
-    ids = tokenizer(prompt_text(prompt, tokenizer), add_special_tokens=not prompt.is_chat)["input_ids"]
+    raw text gets the tokenizer's usual special tokens. ``template_kwargs``: keywords the chat template reads
+    (``enable_thinking``)."""
+    ids = tokenizer(prompt_text(prompt, tokenizer, template_kwargs),
+                    add_special_tokens=not prompt.is_chat)["input_ids"]
     if not ids:
         raise DataError(f"line {prompt.line}: the prompt encodes to no tokens")
     return list(ids)

@@ -51,7 +51,10 @@ class DataConfig:
     eval_fraction: float = _field(0.02, "fraction of train samples held out for eval when data.eval is empty")
     max_eval_samples: int = _field(256, "cap on the held-out split size (0 = no cap)")
     seq_len: int = _field(2048, "truncate every sample to this many tokens (also the packed row length)")
-    chat_template: str | None = _field(None, "Jinja chat template file (or string) overriding the tokenizer's")
+    chat_template: str | None = _field(None, "Jinja chat template file (or string) overriding the tokenizer's, or "
+                                       "a built-in: chatml, qwen3-thinking")
+    chat_template_kwargs: dict[str, Any] = _field(None, "keywords the chat template reads, e.g. {enable_thinking: "
+                                                  "false} (part of an offline cache's identity)", factory=dict)
     packing: bool = _field(False, "pack several samples per row with per-document position_ids")
     on_bad_data: str = _field("error", "malformed line/row: stop with file:line (error) or skip and count it (skip)",
                               choices=("error", "skip"))

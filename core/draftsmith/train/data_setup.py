@@ -74,7 +74,8 @@ def load_split_samples(files: list[str], config: RunConfig, tokenizer: LazyToken
     from ..data.samples import load_samples
 
     return load_samples(files, _LazyProxy(tokenizer), seq_len=config.data.seq_len, on_bad_data=config.data.on_bad_data,
-                        vocab_size=vocab_size, chat_template=template, max_samples=max_samples)
+                        vocab_size=vocab_size, chat_template=template, max_samples=max_samples,
+                        chat_template_kwargs=config.data.chat_template_kwargs)
 
 
 class _LazyProxy:
@@ -105,6 +106,7 @@ def expected_manifest(setup: Any) -> dict[str, Any]:
         "layer_id_convention": LAYER_ID_CONVENTION,
         "seq_len": cfg.data.seq_len,
         "chat_template_sha256": sha256_text(setup.chat_template),
+        "chat_template_kwargs": dict(cfg.data.chat_template_kwargs),
         "on_bad_data": cfg.data.on_bad_data,
         "max_samples": cfg.data.max_samples,
     }
