@@ -10,7 +10,8 @@ Builds everything exactly as ``draftsmith train`` does (same config schema, setu
 non-pad tokens through target capture + draft forward/backward + AdamW) and the share of the step spent getting
 target features (the target forward online; reading and moving cached features offline) versus the draft.
 Offline mode first runs ``prepare-features`` into a temporary directory and reports its time and bytes/sample.
-Without ``--data``, synthetic pre-tokenised samples (random tokens, the last 3/4 supervised) are used. GPU when
+Each mode's line ends with the process's peak memory (``peak_rss_mb``; ``peak_cuda_mb``, the allocator's peak
+for that mode, on GPU). Without ``--data``, synthetic pre-tokenised samples (random tokens, the last 3/4 supervised) are used. GPU when
 available (bf16 target, bf16 autocast), else CPU fp32.
 """
 
@@ -95,7 +96,17 @@ def time_mode(config, device: torch.device, steps: int, warmup: int) -> dict:
             total_s += t2 - t0
             tokens += int(batch["attention_mask"].sum())
     return {"tokens_per_s": tokens / total_s, "step_s": total_s / steps, "feature_share": feature_s / total_s,
-            "draft_share": 1 - feature_s / total_s}
+            "draft_share": 1 - feature_s / total_s, **peak_memory(device)}
+
+
+def peak_memory(device: torch.device) -> dict:
+    """This process's peak memory so far: resident set (MiB) and, on CUDA, the allocator's peak (MiB)."""
+    import resource
+
+    out = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # Linux reports KiB
+    if device.type == "cuda":
+        out["peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return out
 
 
 def main() -> None:
@@ -146,9 +157,13 @@ def main() -> None:
                   f"KiB/sample ({args.feature_dtype})")
             run_config = dataclasses.replace(config, train=dataclasses.replace(config.train,
                                                                                offline_features=str(out)))
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         r = time_mode(run_config, device, args.steps, args.warmup)
+        cuda = f"  peak_cuda_mb {r['peak_cuda_mb']:.0f}" if "peak_cuda_mb" in r else ""
         print(f"{mode:>8}: {r['tokens_per_s']:10.0f} tokens/s  step {r['step_s'] * 1000:8.1f} ms  "
-              f"target/features {r['feature_share']:6.1%}  draft {r['draft_share']:6.1%}")
+              f"target/features {r['feature_share']:6.1%}  draft {r['draft_share']:6.1%}  "
+              f"peak_rss_mb {r['peak_rss_mb']:.0f}{cuda}")
 
 
 if __name__ == "__main__":
