@@ -87,3 +87,13 @@ def test_docs_coverage_lists_every_registered_pair():
         assert cell.startswith("ok ✔"), (method, arch, cell)
         export_cell = [c.strip() for c in export_rows[arch].split("|")[2:-1]][list(METHODS).index(method)]
         assert export_cell.startswith("native") and "**" not in export_cell, (method, arch, export_cell)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_partial_rotary_family_with_rotary_full_trains_is_lossless_and_exports_everywhere(method):
+    """Qwen3.5 (rotary fraction 0.25): with the draft option rotary=full every format the method writes serves
+    it, where the copied fraction exports to vLLM only (docs/coverage.md)."""
+    row = probe(method, "Qwen3_5ForCausalLM", target("Qwen3_5ForCausalLM"),
+                draft_options={**DRAFT_OPTIONS[method], "rotary": "full"}, objective_options=OBJECTIVE_OPTIONS[method])
+    assert row["status"] == "ok", row
+    assert all(v == "ok" for v in row["exports"].values()), row["exports"]

@@ -219,3 +219,46 @@ def test_a_run_that_captures_the_last_layer_says_it_cannot_be_served():
     lines.clear()
     _warn_unservable_layers(TargetRequest(layer_ids=(1, 4), final_hidden=True), config, lines.append)
     assert lines == []
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_rotary_full_gives_partial_rotary_targets_a_draft_every_client_serves(method, tmp_path):
+    """Qwen3.5 rotates 4 of 16 head dims; with rotary=full the draft rotates all 16 (same θ) and the formats that
+    refuse the copied fraction export it."""
+    from draftsmith.export_check import FORMAT_ENGINE, check_export
+    from draftsmith.formats import whole_head_rotary_problem
+
+    model = target("Qwen3_5ForCausalLM")
+    spec = spec_for(method, "Qwen3_5ForCausalLM")[0]
+    copied = spec.build(model.config, **DRAFT_OPTIONS[method])
+    full = spec.build(model.config, **DRAFT_OPTIONS[method], rotary="full")
+    for draft, rotated in ((copied, 4), (full, 16)):
+        rotary = [m for m in draft.modules() if isinstance(m, RotaryEmbedding)][0]
+        assert 2 * rotary.inv_freq.numel() == rotated
+    assert whole_head_rotary_problem(copied.config, "x", "y") and not whole_head_rotary_problem(full.config, "x", "y")
+    assert full.config.rope_parameters["rope_theta"] == copied.config.rope_parameters["rope_theta"]
+    m = draftsmith.get_method(method)
+    m.load_objective()(full, target_heads(model), **{**m.default_options, **DRAFT_OPTIONS[method]})  # copies heads
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # off the init (zero / constant tensors are what check-export calls never trained)
+        for name, p in full.named_parameters():
+            if "embed_tokens" not in name and "lm_head" not in name:
+                p.add_(torch.randn(p.shape, generator=g) * 0.02)
+    model.save_pretrained(tmp_path / "tgt")
+    block = getattr(full.config, "draftsmith", None)
+    if isinstance(block, dict):
+        full.config.draftsmith = {**block, "target_name_or_path": str(tmp_path / "tgt")}
+    for name, fmt in draftsmith.get_registry().formats(method).items():
+        if fmt.writer is None or name == "native":
+            continue
+        options = {"target": str(tmp_path / "tgt")} if "target" in inspect.signature(fmt.load_writer()).parameters \
+            else {}
+        fmt.load_writer()(full, tmp_path / name, **options)
+        assert check_export(tmp_path / name, engine=FORMAT_ENGINE.get(name), target=str(tmp_path / "tgt"))[1] == []
+
+
+def test_rotary_must_be_target_or_full():
+    from draftsmith.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="rotary must be one of target, full"):
+        spec_for("eagle3", "Qwen3ForCausalLM")[0].build(target("Qwen3ForCausalLM").config, rotary="half")

@@ -5,7 +5,8 @@ reproduces ours (fp32) — or the writer refuses the export, naming what the cli
 The families are the ones whose rope a client could build differently from the draft, which copies the
 target's: YaRN without truncation + attention biases (gpt-oss), Gemma 4's ``proportional`` rope with a 32-dim
 global head, partial rotary (Qwen3.5), MLA's 8-dim rope head (DeepSeek-V3), θ = 1e6 with GELU (Gemma 3), a
-Qwen3 with YaRN (truncated) and a Llama with llama3 scaling. What the clients taught us is in EXPECTED: SpecForge
+Qwen3 with YaRN (truncated) and a Llama with llama3 scaling; and Qwen3.5 again with the draft option
+``rotary=full``, which these clients then serve. What the clients taught us is in EXPECTED: SpecForge
 needs YaRN's mscale / beta keys written out (it crashed on every YaRN draft before), rounds YaRN's correction
 range and knows no ``proportional`` rope; speculators, SpecForge and z-lab rotate the whole head.
 
@@ -29,8 +30,9 @@ from support.interop import run_client_script
 ROPES = {"yarn": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64, "rope_theta": 1e6},
          "llama3": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                     "original_max_position_embeddings": 64, "rope_theta": 5e5}}
-FAMILIES = ["GptOssForCausalLM", "Gemma4ForCausalLM", "Qwen3_5ForCausalLM", "DeepseekV3ForCausalLM",
-            "Gemma3ForCausalLM", "Qwen3ForCausalLM+yarn", "LlamaForCausalLM+llama3"]
+# "Arch/full": the draft option rotary=full (the draft rotates its whole head, as these clients do)
+FAMILIES = ["GptOssForCausalLM", "Gemma4ForCausalLM", "Qwen3_5ForCausalLM", "Qwen3_5ForCausalLM/full",
+            "DeepseekV3ForCausalLM", "Gemma3ForCausalLM", "Qwen3ForCausalLM+yarn", "LlamaForCausalLM+llama3"]
 # (family, method, format) -> the refusal's words; every other case must load and match
 EXPECTED = {("GptOssForCausalLM", "eagle3", "sglang"): "round YaRN's correction range",
             ("Gemma4ForCausalLM", "eagle3", "sglang"): "not this draft's 'proportional'",
@@ -67,8 +69,8 @@ def _perturbed(draft):
     return draft.float().eval()
 
 
-def _eagle3_case(arch, model, root):
-    draft = _perturbed(spec_for("eagle3", arch)[0].build(model.config))
+def _eagle3_case(arch, model, root, options):
+    draft = _perturbed(spec_for("eagle3", arch)[0].build(model.config, **options))
     cfg, g = draft.config, torch.Generator().manual_seed(0)
     ids = torch.randint(3, cfg.vocab_size, (1, 12), generator=g)
     aux = torch.randn(1, 12, cfg.num_aux_hidden_states * cfg.target_hidden_size, generator=g)
@@ -81,9 +83,9 @@ def _eagle3_case(arch, model, root):
     return draft, inputs, ours, "logits"
 
 
-def _dflash_case(arch, model, root):
+def _dflash_case(arch, model, root, options):
     draft = _perturbed(spec_for("dflash", arch)[0].build(model.config, mask_token_id=127, num_draft_layers=2,
-                                                         block_size=4))
+                                                         block_size=4, **options))
     cfg, g = draft.config, torch.Generator().manual_seed(0)
     ctx, bs = 10, cfg.block_size
     noise = torch.randn(1, bs, cfg.hidden_size, generator=g)
@@ -101,10 +103,12 @@ def _dflash_case(arch, model, root):
 def test_family_exports_load_in_the_real_client_or_are_refused(tmp_path_factory, family, method, fmt):
     root = tmp_path_factory.getbasetemp() / "interop-families"
     root.mkdir(exist_ok=True)
-    arch, model, target_dir = family_target(family, root)
-    case = root / f"{family}-{method}-{fmt}"
+    name, _, rotary = family.partition("/")
+    arch, model, target_dir = family_target(name, root)
+    case = root / f"{family.replace('/', '-')}-{method}-{fmt}"
     case.mkdir()
-    draft, inputs, ours, key = (_eagle3_case if method == "eagle3" else _dflash_case)(arch, model, case)
+    options = {"rotary": rotary} if rotary else {}
+    draft, inputs, ours, key = (_eagle3_case if method == "eagle3" else _dflash_case)(arch, model, case, options)
     writer = draftsmith.get_registry().get_format(method, fmt).load_writer()
     expected = EXPECTED.get((family, method, fmt))
     options = {"target": str(target_dir)} if fmt == "speculators" else {}

@@ -175,8 +175,16 @@ def partial_rotary_factor(config: Any) -> float:
     return float(factor if factor is not None else 1.0)
 
 
-def draft_fields(target_config: Any) -> dict[str, Any]:
+ROTARY_CHOICES = ("target", "full")
+
+
+def draft_fields(target_config: Any, *, rotary: str = "target") -> dict[str, Any]:
     """The fields every draft copies from its target, as ``PretrainedConfig`` keyword arguments.
+
+    ``rotary`` (the ``draft.rotary`` option of every first-party method): ``target`` copies the target's rotary
+    fraction; ``full`` rotates the draft's whole head (same rope type and θ). A draft is its own model, so either
+    trains, and the choice matters only for serving: speculators, SpecForge / SGLang and z-lab rotate the whole
+    head, so a partial-rotary target's draft serves there only with ``full`` (docs/formats.md).
 
     ``rope_parameters`` keeps every rope key of the target (YaRN, llama3, longrope ...) except the multimodal
     ``mrope*`` ones (drafts are text-only); a partial rotary factor other than 1 is written both inside
@@ -192,8 +200,10 @@ def draft_fields(target_config: Any) -> dict[str, Any]:
     kv_heads = int(getattr(text, "num_key_value_heads", None) or heads)
     if heads % kv_heads:
         raise ConfigError(f"num_attention_heads={heads} is not a multiple of num_key_value_heads={kv_heads}")
+    if rotary not in ROTARY_CHOICES:
+        raise ConfigError(f"draft option rotary must be one of {', '.join(ROTARY_CHOICES)}, got {rotary!r}")
     rope = {k: v for k, v in copy.deepcopy(rope_parameters_of(text)).items() if not k.startswith("mrope")}
-    factor = partial_rotary_factor(text)
+    factor = partial_rotary_factor(text) if rotary == "target" else 1.0
     extra: dict[str, Any] = {}
     if factor != 1.0:
         rope["partial_rotary_factor"] = factor

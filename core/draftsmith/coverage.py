@@ -83,8 +83,8 @@ def probe(method: str, arch: str, model, *, draft_options: dict | None = None, o
         row["stage"] = "capture"
         m = draftsmith.get_method(method)
         heads = target_heads(model)
-        objective = m.load_objective()(draft, heads, **{**m.default_options, **(draft_options or {}),
-                                                        **(objective_options or {})})
+        # the run config's routing: draft options the objective also reads (DFlash's block_size) reach it
+        objective = m.load_objective()(draft, heads, **m.route_options(draft_options, objective_options)[1])
         if hasattr(objective, "prepare"):
             objective.prepare(torch.bincount(seqs[loss_mask.bool()], minlength=model.config.vocab_size))
         features, _ = run_target(model, objective.target_request(), seqs, attention_mask=batch["attention_mask"])

@@ -206,7 +206,8 @@ def whole_head_rotary_problem(cfg: Any, fmt: str, clients: str) -> str | None:
         return None
     return (f"the {fmt!r} format's clients ({clients}) rotate the whole head: this draft rotates {rotated} of "
             f"its {head_dim} head dims (partial_rotary_factor {partial_rotary_factor(cfg)}, from the target) "
-            f"and would serve with other positions; use --format vllm")
+            f"and would serve with other positions; use --format vllm, or retrain with the draft option "
+            f"rotary=full (--set draft.rotary=full) for a draft these clients serve")
 
 
 # rope types SpecForge 0.2.0's Llama EAGLE-3 head builds (modeling/draft/llama3_eagle.py ``_init_rope``)

@@ -108,7 +108,8 @@ def build_dflash_config(target_config: Any, **options: Any) -> Qwen3DFlashConfig
     if ids is None:
         ids = build_target_layer_ids(n_target, depth, num_feature_layers=opts["num_feature_layers"])
     ids = validate_layer_ids(ids, n_target)
-    fields = {k: v for k, v in draft_fields(target_config).items() if k in _FIELDS}
+    fields = {k: v for k, v in draft_fields(target_config, rotary=opts["rotary"] or "target").items()
+              if k in _FIELDS}
     if opts["intermediate_size"]:
         fields["intermediate_size"] = int(opts["intermediate_size"])
     dflash = {"block_size": block_size, "mask_token_id": mask_token_id, "target_layer_ids": ids}

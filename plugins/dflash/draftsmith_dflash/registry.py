@@ -90,6 +90,7 @@ DRAFT_OPTIONS: dict[str, Any] = {
     "causal": False,  # in-block causal attention (JetSpec variant)
     "sliding_window": None,  # all layers windowed to this many context positions
     "intermediate_size": None,  # default: the target's
+    "rotary": "target",  # target: the target's rotary fraction; full: rotate the whole head (servable everywhere)
 }
 # Objective options (objective.DFlashObjective; the ``method_options:`` section).
 OBJECTIVE_OPTIONS: dict[str, Any] = {

@@ -74,7 +74,7 @@ def build_dspark_config(target_config: Any, **options: Any) -> Qwen3DSparkConfig
     enable_conf = opts["enable_confidence_head"]
     if enable_conf is None:
         enable_conf = float(opts["confidence_head_alpha"] if opts["confidence_head_alpha"] is not None else 1.0) > 0
-    fields = draft_fields(target_config)
+    fields = draft_fields(target_config, rotary=opts["rotary"] or "target")
     # Qwen3Config (a strict dataclass) drops an unknown partial_rotary_factor keyword; the factor stays in
     # rope_parameters (what draftsmith.nn.rotary reads) and is set as an attribute below for older engines
     partial = fields.pop("partial_rotary_factor", None)

@@ -99,6 +99,7 @@ DRAFT_OPTIONS: dict[str, Any] = {
     "confidence_head_with_markov": True,
     "freeze_embeddings": True,
     "intermediate_size": None,  # default: the target's
+    "rotary": "target",  # target: the target's rotary fraction; full: rotate the whole head (servable everywhere)
 }
 # Objective options (objective.DSparkObjective; the ``method_options:`` section).
 OBJECTIVE_OPTIONS: dict[str, Any] = {

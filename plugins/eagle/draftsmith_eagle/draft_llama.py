@@ -56,7 +56,7 @@ def build_eagle3_config(cls: type, draft_class: str, target_config: Any, options
     if k is not None and int(k) != len(ids):
         raise ConfigError(f"num_aux_layers={k} but {len(ids)} target_layer_ids were given: {ids}")
     depth = draft_depth(options)
-    fields = draft_fields(target_config)
+    fields = draft_fields(target_config, rotary=options.pop("rotary", None) or "target")
     vocab = options.pop("draft_vocab_size", None)
     vocab = min(DEFAULT_DRAFT_VOCAB, fields["vocab_size"]) if vocab is None else int(vocab)
     fields.update({name: value for name, value in options.items() if value is not None})

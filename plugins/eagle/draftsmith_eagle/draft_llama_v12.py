@@ -54,7 +54,8 @@ class LlamaEagleDraftModel(EagleDraftModel):
         ``intermediate_size`` (the target's), ``qkv_bias`` (False)."""
         check_option_names(cls.__name__, options, EAGLE1_DRAFT_OPTIONS, kind="draft")
         depth = draft_depth(options)
-        fields = draft_fields(target_config)
+        options = dict(options)
+        fields = draft_fields(target_config, rotary=options.pop("rotary", None) or "target")
         fields.update({k: v for k, v in options.items() if v is not None})
         config = LlamaEagleConfig(**fields, num_hidden_layers=int(depth), target_layer_ids=[])
         config.draftsmith = draft_metadata("eagle1", DRAFT_CLASS, text_config(target_config),

@@ -99,7 +99,8 @@ FORMATS = (
 # ``num_draft_layers``): the aliases default to None and the depth to 1 when none is given.
 _DEPTH_AND_WIDTH = {"num_hidden_layers": 1, "draft_num_hidden_layers": None, "num_draft_layers": None,
                     "intermediate_size": None,  # None: the target's
-                    "qkv_bias": False}  # Qwen-style bias on q/k/v only
+                    "qkv_bias": False,  # Qwen-style bias on q/k/v only
+                    "rotary": "target"}  # target: the target's rotary fraction; full: rotate the whole head
 EAGLE1_DRAFT_OPTIONS: dict[str, Any] = {**_DEPTH_AND_WIDTH, "fc_bias": False}
 EAGLE3_DRAFT_OPTIONS: dict[str, Any] = {
     **_DEPTH_AND_WIDTH,
