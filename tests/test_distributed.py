@@ -167,6 +167,33 @@ def two_nodes(tmp_path: Path, *args: str, delay: float = 0.0) -> list[subprocess
                              start_new_session=True) for _node in range(2)]
 
 
+def kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and every process below it. torchrun's workers do not stay in the agent's process group,
+    and orphaned workers of two killed agents would go on training together."""
+    import os
+    import signal
+
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            parents.setdefault(ppid, []).append(int(entry))
+    todo, tree = [pid], []
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo.extend(parents.get(p, []))
+    for p in reversed(tree):  # the workers first, so no agent is left to notice and restart them
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def finish(nodes: list[subprocess.Popen]) -> list[tuple[str, str]]:
     outs = [node.communicate(timeout=400) for node in nodes]
     for node, (_out, err) in zip(nodes, outs):
@@ -190,21 +217,20 @@ def test_two_nodes_equal_one_process(tmp_path, world, toy):
 def test_two_nodes_killed_mid_run_resume_to_the_uninterrupted_weights(tmp_path, world):
     """SIGKILL both nodes after the step-2 checkpoint, relaunch both with --resume: the weights and the logged
     metrics equal the single-process reference (global batch 4)."""
-    import os
-    import signal
     import time
 
     from draftsmith.train import checkpointing as ckpt
 
     path = tmp_path / "killed.yaml"
     path.write_text(json.dumps(config(tmp_path, world, "killed", batch_size=2)))
-    nodes = two_nodes(tmp_path, "train", str(path), delay=1.0)
+    nodes = two_nodes(tmp_path, "train", str(path), delay=2.0)  # steps 3-4 take >= 4 s: the kill lands first
     deadline = time.time() + 300
     while time.time() < deadline and not ckpt.list_checkpoints(tmp_path / "killed"):
         assert all(n.poll() is None for n in nodes), nodes[0].communicate()[1][-3000:]
         time.sleep(0.2)
     for node in nodes:  # the whole node: agent and worker
-        os.killpg(node.pid, signal.SIGKILL)
+        kill_tree(node.pid)
+    for node in nodes:
         node.communicate(timeout=60)
     assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "killed")] == [2]  # killed before the end
     outs = finish(two_nodes(tmp_path, "train", str(path), "--resume"))
