@@ -98,9 +98,10 @@ def test_fsdp_with_sharded_target_resumes_and_equals_one_process(tmp_path, world
     assert_same_run(tmp_path / "fsdp", world["reference"])
 
 
-def test_prepare_features_on_two_ranks_matches_one_rank(tmp_path, world):
+def one_rank_features(tmp_path: Path, world: dict) -> Path:
+    """The single-process feature cache of the toy run in ``tmp_path/one``; the run's config file (returned) for
+    the multi-rank run to compare with."""
     import draftsmith
-    from draftsmith.data.features import FeatureCache
     from draftsmith.train.prepare import prepare_features
 
     draftsmith.reset_plugins()
@@ -109,11 +110,14 @@ def test_prepare_features_on_two_ranks_matches_one_rank(tmp_path, world):
     prepare_features(from_dict(cfg), tmp_path / "one", dtype="float32", log=lambda s: None)
     path = tmp_path / "p.yaml"
     path.write_text(json.dumps(cfg))
-    # sharded target + small batches: ranks get different numbers of batches and must still run the target
-    # equally often (FSDP all-gathers in every forward)
-    torchrun(tmp_path, "prepare-features", str(path), "--out", str(tmp_path / "two"), "--dtype", "float32",
-             "--set", "target.shard=true", "--batch-tokens", "250")
-    one, two = FeatureCache(tmp_path / "one"), FeatureCache(tmp_path / "two")
+    return path
+
+
+def assert_same_features(one_dir: Path, two_dir: Path) -> None:
+    """Two ranks' cache (one manifest, shards from both) holds the one-rank cache's samples and features."""
+    from draftsmith.data.features import FeatureCache
+
+    one, two = FeatureCache(one_dir), FeatureCache(two_dir)
     shards = [s["file"] for s in two.manifest["splits"]["train"]["shards"]]
     assert any("-R00-" in f for f in shards) and any("-R01-" in f for f in shards)
     a, b = one.split("train"), two.split("train")
@@ -126,6 +130,15 @@ def test_prepare_features_on_two_ranks_matches_one_rank(tmp_path, world):
             torch.testing.assert_close(fb[k], fa[k], rtol=1e-5, atol=1e-5)  # padding differs per rank's batches
     for field in ("layer_ids", "seq_len", "target_config_sha256", "chat_template_sha256"):
         assert one.manifest[field] == two.manifest[field]
+
+
+def test_prepare_features_on_two_ranks_matches_one_rank(tmp_path, world):
+    path = one_rank_features(tmp_path, world)
+    # sharded target + small batches: ranks get different numbers of batches and must still run the target
+    # equally often (FSDP all-gathers in every forward)
+    torchrun(tmp_path, "prepare-features", str(path), "--out", str(tmp_path / "two"), "--dtype", "float32",
+             "--set", "target.shard=true", "--batch-tokens", "250")
+    assert_same_features(tmp_path / "one", tmp_path / "two")
 
 
 def test_fsdp_with_a_method_that_calls_the_draft_a_data_dependent_number_of_times(tmp_path, world):
@@ -239,22 +252,6 @@ def test_two_nodes_killed_mid_run_resume_to_the_uninterrupted_weights(tmp_path, 
 
 
 def test_prepare_features_on_two_nodes_matches_one_rank(tmp_path, world):
-    import draftsmith
-    from draftsmith.data.features import FeatureCache
-    from draftsmith.train.prepare import prepare_features
-
-    draftsmith.reset_plugins()
-    register_toy()
-    cfg = toy_config(tmp_path, world["target"], world["data"])
-    prepare_features(from_dict(cfg), tmp_path / "one", dtype="float32", log=lambda s: None)
-    path = tmp_path / "p.yaml"
-    path.write_text(json.dumps(cfg))
+    path = one_rank_features(tmp_path, world)
     finish(two_nodes(tmp_path, "prepare-features", str(path), "--out", str(tmp_path / "two"), "--dtype", "float32"))
-    one, two = FeatureCache(tmp_path / "one"), FeatureCache(tmp_path / "two")
-    shards = [s["file"] for s in two.manifest["splits"]["train"]["shards"]]
-    assert any("-R00-" in f for f in shards) and any("-R01-" in f for f in shards)  # both nodes wrote, one manifest
-    a, b = one.split("train"), two.split("train")
-    assert len(a) == len(b) == 24
-    for i in range(24):
-        for k in (1, 2):
-            torch.testing.assert_close(b.features(i, [1, 2])[k], a.features(i, [1, 2])[k], rtol=1e-5, atol=1e-5)
+    assert_same_features(tmp_path / "one", tmp_path / "two")  # both nodes wrote shards into one manifest

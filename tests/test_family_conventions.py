@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import draftsmith
-from draftsmith.coverage import spec_for, tiny_family_target
+from draftsmith.coverage import spec_for, tiny_family_target, writer_options
 from draftsmith.method import TargetRequest
 from draftsmith.nn.rotary import RotaryEmbedding
 from draftsmith.target import run_target, target_heads
@@ -251,9 +251,8 @@ def test_rotary_full_gives_partial_rotary_targets_a_draft_every_client_serves(me
     for name, fmt in draftsmith.get_registry().formats(method).items():
         if fmt.writer is None or name == "native":
             continue
-        options = {"target": str(tmp_path / "tgt")} if "target" in inspect.signature(fmt.load_writer()).parameters \
-            else {}
-        fmt.load_writer()(full, tmp_path / name, **options)
+        writer = fmt.load_writer()
+        writer(full, tmp_path / name, **writer_options(writer, tmp_path / "tgt"))
         assert check_export(tmp_path / name, engine=FORMAT_ENGINE.get(name), target=str(tmp_path / "tgt"))[1] == []
 
 

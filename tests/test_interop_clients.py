@@ -14,12 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 import draftsmith
 
 from support.cli import run_cli, subprocess_env
-from support.interop import run_client_script
+from support.interop import dflash_block_inputs, eagle3_inputs, eagle3_logits, run_client_script
 from support.tiny import make_chat_data, make_target
 from support.train import run_train, toy_config
 
@@ -51,28 +50,6 @@ def trained(tmp_path_factory):
     return {"root": root, "drafts": out, "target": target}
 
 
-def _our_logits(draft_dir: Path, inputs: Path) -> torch.Tensor:
-    """Our draft's first-step logits (draft vocab) for random ids and captured features, saved to ``inputs``."""
-    draft = draftsmith.load_draft(draft_dir).float().eval()
-    g = torch.Generator().manual_seed(0)
-    cfg = draft.config
-    ids = torch.randint(3, cfg.vocab_size, (1, 12), generator=g)
-    aux = torch.randn(1, 12, cfg.num_aux_hidden_states * cfg.target_hidden_size, generator=g)
-    save_file({"ids": ids, "aux": aux}, str(inputs))
-    return _logits_on(draft, inputs)
-
-
-def _logits_on(draft, inputs: Path) -> torch.Tensor:
-    from safetensors.torch import load_file
-
-    tensors = load_file(str(inputs))
-    ids, aux = tensors["ids"], tensors["aux"]
-    with torch.no_grad():
-        hidden = draft(input_ids=ids, projected_hidden_states=draft.project_hidden_states(aux),
-                       position_ids=torch.arange(ids.shape[1])[None])
-        return draft.compute_logits(hidden)[0]
-
-
 def _formats_for(name: str) -> list[str]:
     return ["speculators", "sglang"] if name == "one_layer_full_vocab" else ["speculators"]
 
@@ -86,7 +63,7 @@ def test_export_loads_strictly_in_the_real_client_and_matches_our_logits(trained
     res = run_cli(["export", "--draft", str(draft_dir), "--format", fmt, "--out", str(out)], env=subprocess_env())
     assert res.returncode == 0, res.stderr[-2000:]
     inputs = root / f"{name}-{fmt}-inputs.safetensors"
-    ours = _our_logits(draft_dir, inputs)
+    ours = eagle3_inputs(draftsmith.load_draft(draft_dir).float().eval(), inputs)
     resaved = root / f"{name}-{fmt}-saved-by-{client}"
     report = _run_client(client, out, inputs, root / f"{name}-{fmt}-report.json", resaved)
     assert report["missing"] == [] and report["unexpected"] == [], report
@@ -100,7 +77,7 @@ def test_export_loads_strictly_in_the_real_client_and_matches_our_logits(trained
     read = draftsmith.load_draft(resaved)
     assert read.config.target_layer_ids == ids and read.config.num_hidden_layers == DRAFTS[name].get(
         "num_hidden_layers", 1)
-    torch.testing.assert_close(_logits_on(read, inputs), torch.tensor(report["saved_logits"]), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(eagle3_logits(read, inputs), torch.tensor(report["saved_logits"]), rtol=1e-4, atol=1e-4)
 
 
 def _run_client(client: str, out: Path, inputs: Path, report_file: Path, save_dir: Path | None = None) -> dict:
@@ -118,14 +95,9 @@ def test_dflash_export_loads_strictly_in_zlab_and_matches_our_block(trained, fmt
     res = run_cli(["export", "--draft", str(draft_dir), "--format", fmt, "--out", str(out)], env=subprocess_env())
     assert res.returncode == 0, res.stderr[-2000:]
     draft = draftsmith.load_draft(draft_dir).float().eval()
-    cfg, g = draft.config, torch.Generator().manual_seed(0)
-    ctx, bs = 10, cfg.block_size
-    noise = torch.randn(1, bs, cfg.hidden_size, generator=g)
-    context = torch.randn(1, ctx, len(cfg.target_layer_ids) * cfg.hidden_size, generator=g)
-    with torch.no_grad():
-        ours = draft(noise, torch.arange(ctx, ctx + bs)[None], context, torch.arange(ctx)[None], None)[0]
+    cfg = draft.config
     inputs = root / f"dflash-{fmt}-inputs.safetensors"
-    save_file({"noise": noise, "context": context, "positions": torch.arange(ctx + bs)[None]}, str(inputs))
+    ours = dflash_block_inputs(draft, inputs)
     report = _run_client("zlab", out, inputs, root / f"dflash-{fmt}-report.json")
     assert report["missing"] == [] and report["unexpected"] == [] and report["warnings"] == [], report
     assert report["layer_ids"] == list(cfg.target_layer_ids)  # z-lab reads out(k) as is

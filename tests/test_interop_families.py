@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 import draftsmith
-from draftsmith.coverage import spec_for, tiny_family_target
+from draftsmith.coverage import spec_for, tiny_family_target, writer_options
 from draftsmith.errors import ConfigError
 from draftsmith.testing import make_tiny_target, tiny_target_config
 
-from support.interop import run_client_script
+from support.interop import dflash_block_inputs, eagle3_inputs, run_client_script
 
 ROPES = {"yarn": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64, "rope_theta": 1e6},
          "llama3": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
@@ -71,30 +70,15 @@ def _perturbed(draft):
 
 def _eagle3_case(arch, model, root, options):
     draft = _perturbed(spec_for("eagle3", arch)[0].build(model.config, **options))
-    cfg, g = draft.config, torch.Generator().manual_seed(0)
-    ids = torch.randint(3, cfg.vocab_size, (1, 12), generator=g)
-    aux = torch.randn(1, 12, cfg.num_aux_hidden_states * cfg.target_hidden_size, generator=g)
     inputs = root / "eagle3-inputs.safetensors"
-    save_file({"ids": ids, "aux": aux}, str(inputs))
-    with torch.no_grad():
-        hidden = draft(input_ids=ids, projected_hidden_states=draft.project_hidden_states(aux),
-                       position_ids=torch.arange(12)[None])
-        ours = draft.compute_logits(hidden)[0]
-    return draft, inputs, ours, "logits"
+    return draft, inputs, eagle3_inputs(draft, inputs), "logits"
 
 
 def _dflash_case(arch, model, root, options):
     draft = _perturbed(spec_for("dflash", arch)[0].build(model.config, mask_token_id=127, num_draft_layers=2,
                                                          block_size=4, **options))
-    cfg, g = draft.config, torch.Generator().manual_seed(0)
-    ctx, bs = 10, cfg.block_size
-    noise = torch.randn(1, bs, cfg.hidden_size, generator=g)
-    context = torch.randn(1, ctx, len(cfg.target_layer_ids) * cfg.hidden_size, generator=g)
-    with torch.no_grad():
-        ours = draft(noise, torch.arange(ctx, ctx + bs)[None], context, torch.arange(ctx)[None], None)[0]
     inputs = root / "dflash-inputs.safetensors"
-    save_file({"noise": noise, "context": context, "positions": torch.arange(ctx + bs)[None]}, str(inputs))
-    return draft, inputs, ours, "hidden"
+    return draft, inputs, dflash_block_inputs(draft, inputs), "hidden"
 
 
 @pytest.mark.slow
@@ -111,7 +95,7 @@ def test_family_exports_load_in_the_real_client_or_are_refused(tmp_path_factory,
     draft, inputs, ours, key = (_eagle3_case if method == "eagle3" else _dflash_case)(arch, model, case, options)
     writer = draftsmith.get_registry().get_format(method, fmt).load_writer()
     expected = EXPECTED.get((family, method, fmt))
-    options = {"target": str(target_dir)} if fmt == "speculators" else {}
+    options = writer_options(writer, target_dir)
     if expected:
         with pytest.raises(ConfigError, match=expected.replace("(", r"\(").replace("'", "'")):
             writer(draft, case / "out", **options)

@@ -125,6 +125,12 @@ def probe(method: str, arch: str, model, *, draft_options: dict | None = None, o
     return row
 
 
+def writer_options(writer, target_dir) -> dict:
+    """The keyword options to call a format writer with: ``target`` for the formats that name their verifier
+    (speculators), nothing for the others (whose writers refuse unknown options)."""
+    return {"target": str(target_dir)} if "target" in inspect.signature(writer).parameters else {}
+
+
 def _rounds(out) -> list[tuple[int, int]]:
     return [(r.drafted, r.accepted) for r in out.rounds]
 
@@ -153,8 +159,7 @@ def export_checks(method: str, draft, model, heads, prompt: torch.Tensor, refere
             out = Path(tmp) / name
             try:
                 writer = fmt.load_writer()
-                named = "target" in inspect.signature(writer).parameters  # formats that name their verifier
-                writer(draft, out, **({"target": str(target_dir)} if named else {}))
+                writer(draft, out, **writer_options(writer, target_dir))
             except ConfigError as exc:  # the writer refuses this family, and says why
                 results[name] = f"refused: {str(exc).splitlines()[0]}"
                 continue

@@ -210,6 +210,14 @@ def whole_head_rotary_problem(cfg: Any, fmt: str, clients: str) -> str | None:
             f"rotary=full (--set draft.rotary=full) for a draft these clients serve")
 
 
+def check_whole_head_rotary(cfg: Any, fmt: str, clients: str) -> None:
+    """ConfigError with :func:`whole_head_rotary_problem`'s line when there is one (every writer of a layout
+    whose clients rotate the whole head calls this)."""
+    problem = whole_head_rotary_problem(cfg, fmt, clients)
+    if problem:
+        raise ConfigError(problem)
+
+
 # rope types SpecForge 0.2.0's Llama EAGLE-3 head builds (modeling/draft/llama3_eagle.py ``_init_rope``)
 SPECFORGE_ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn")
 

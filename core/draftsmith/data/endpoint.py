@@ -80,7 +80,7 @@ def _server_message(response: Any) -> str:
 
 async def _request(client: Any, cfg: EndpointConfig, method: str, path: str, **kwargs: Any) -> Any:
     """One API call with the retry rule; the decoded JSON body."""
-    import httpx
+    httpx = _httpx()
 
     for attempt in range(cfg.max_retries + 1):
         try:

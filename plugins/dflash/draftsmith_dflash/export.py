@@ -24,9 +24,8 @@ from typing import Any
 from draftsmith.checkpoint import save_draft
 from draftsmith.conventions import read_config_json
 from draftsmith.errors import ConfigError, DraftsmithError
-from draftsmith.formats import (engine_layer_ids, sglang_dflash_causality_problem, speculators_layer_fields,
-                                whole_head_rotary_problem,
-                               speculators_verifier)
+from draftsmith.formats import (check_whole_head_rotary, engine_layer_ids, sglang_dflash_causality_problem,
+                                speculators_layer_fields, speculators_verifier)
 from draftsmith.nn.weights import unwrap_model
 
 from .config import NATIVE_ARCHITECTURE
@@ -81,9 +80,7 @@ def export_native(draft: Any, out_dir: str | Path, **options: Any) -> Path:
 def export_zlab(draft: Any, out_dir: str | Path, **options: Any) -> Path:
     """The native layout for z-lab's ``DFlashDraftModel``, refusing a partial-rotary draft: z-lab 0.1.0 builds
     its rotary over the whole head (measured: block hidden states off by 7e-2 on a Qwen3.5 target)."""
-    problem = whole_head_rotary_problem(unwrap_model(draft).config, "zlab", "z-lab dflash 0.1.0")
-    if problem:
-        raise ConfigError(problem)
+    check_whole_head_rotary(unwrap_model(draft).config, "zlab", "z-lab dflash 0.1.0")
     return export_native(draft, out_dir, **options)
 
 
@@ -95,9 +92,7 @@ def export_sglang(draft: Any, out_dir: str | Path, **options: Any) -> Path:
     problem = sglang_dflash_causality_problem(bool(getattr(config, "causal", False)), config.layer_types or [])
     if problem:
         raise ConfigError(f"the 'sglang' format cannot hold {problem}")
-    problem = whole_head_rotary_problem(config, "sglang", "SpecForge 0.2.0, SGLang")
-    if problem:
-        raise ConfigError(problem)
+    check_whole_head_rotary(config, "sglang", "SpecForge 0.2.0, SGLang")
     return export_native(draft, out_dir, **options)
 
 
@@ -168,9 +163,7 @@ def _refuse_for_speculators(cfg: Any) -> None:
     if cfg.causal:
         raise ConfigError("the 'speculators' format cannot hold a causal DFlash draft: speculators runs "
                           "full-attention blocks bidirectionally whatever its flags; use --format vllm or zlab")
-    problem = whole_head_rotary_problem(cfg, "speculators", "speculators 0.9.0")
-    if problem:
-        raise ConfigError(problem)
+    check_whole_head_rotary(cfg, "speculators", "speculators 0.9.0")
     if getattr(cfg, "mlp_bias", False):
         raise ConfigError("the 'speculators' format cannot hold MLP biases (its Qwen3MLP has none); "
                           "use --format vllm or zlab")

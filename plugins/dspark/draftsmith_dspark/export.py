@@ -21,8 +21,8 @@ from typing import Any
 
 from draftsmith.checkpoint import save_draft
 from draftsmith.errors import ConfigError, DraftsmithError
-from draftsmith.formats import (FORMATS, engine_layer_ids, sglang_dflash_causality_problem, speculators_verifier,
-                                whole_head_rotary_problem)
+from draftsmith.formats import (FORMATS, check_whole_head_rotary, engine_layer_ids, sglang_dflash_causality_problem,
+                                speculators_verifier)
 from draftsmith.nn.weights import non_finite_tensors, unwrap_model
 
 REQUIRED_CONFIG_KEYS = ("architectures", "block_size", "mask_token_id", "target_layer_ids", "num_target_layers",
@@ -223,10 +223,8 @@ def _refuse_plain_qwen3_mismatch(cfg: Any, fmt: str) -> None:
     whole head): an MLP bias or a partial rotary would be dropped or misapplied."""
     if getattr(cfg, "mlp_bias", False):
         raise ConfigError(f"the {fmt!r} format has no MLP bias (its Qwen3 layers use Qwen3MLP): use --format vllm")
-    problem = whole_head_rotary_problem(cfg, fmt, {"sglang": "SpecForge 0.2.0, SGLang",
-                                                   "speculators": "speculators 0.9.0"}.get(fmt, fmt))
-    if problem:
-        raise ConfigError(problem)
+    check_whole_head_rotary(cfg, fmt, {"sglang": "SpecForge 0.2.0, SGLang",
+                                       "speculators": "speculators 0.9.0"}.get(fmt, fmt))
 
 
 def _require_dspark(draft: Any, fmt: str) -> Any:

@@ -166,7 +166,8 @@ def fused_dspark_loss(hidden: torch.Tensor, target_ids: torch.Tensor, eval_mask:
                       w2: torch.Tensor | None = None, teacher_hidden: torch.Tensor | None = None,
                       teacher_positions: torch.Tensor | None = None,
                       teacher_weight: torch.Tensor | None = None, teacher_transform=None,
-                      confidence_pred: torch.Tensor | None = None, loss_decay_gamma: float | None = 4.0, ce_loss_alpha: float = 0.1, l1_loss_alpha: float = 0.9,
+                      confidence_pred: torch.Tensor | None = None, loss_decay_gamma: float | None = 4.0,
+                      ce_loss_alpha: float = 0.1, l1_loss_alpha: float = 0.9,
                       confidence_head_alpha: float = 1.0, chunk_size: int | None = None) -> DSparkLoss:
     """The same loss from hidden states: hidden (B, A, γ, H), phi (B, A, γ, r) with w2 (V, r), teacher_hidden
     (B, A, γ, H) (the target's post-norm states at the teacher positions) — or teacher_hidden (B, S, H) with

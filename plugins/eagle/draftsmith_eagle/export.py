@@ -32,8 +32,8 @@ import torch
 
 from draftsmith.checkpoint import save_draft
 from draftsmith.errors import ConfigError, DraftsmithError
-from draftsmith.formats import (check_capturable, engine_layer_ids, specforge_rope_parameters, speculators_layer_fields,
-                                speculators_verifier, whole_head_rotary_problem)
+from draftsmith.formats import (check_capturable, check_whole_head_rotary, engine_layer_ids, specforge_rope_parameters,
+                                speculators_layer_fields, speculators_verifier)
 from draftsmith.nn.weights import non_finite_tensors, unwrap_model
 
 from .draft_llama import LlamaEagle3DraftModel
@@ -74,9 +74,7 @@ def export_sglang(draft: Any, out_dir: str | Path, **options: Any) -> Path:
     if cfg.norm_output:
         raise ConfigError("the 'sglang' format cannot hold EAGLE-3.1 norm_output (SpecForge reads that key as "
                           "'apply the final norm before lm_head'): use --format vllm or speculators")
-    problem = whole_head_rotary_problem(cfg, "sglang", "SpecForge 0.2.0, SGLang")
-    if problem:
-        raise ConfigError(problem)
+    check_whole_head_rotary(cfg, "sglang", "SpecForge 0.2.0, SGLang")
     rope = specforge_rope_parameters(cfg.rope_parameters or {})  # ConfigError for a rope it would misread
     out = export_native(draft, out_dir)
     if not model.compresses_vocab:  # identity maps: SpecForge leaves absent d2t/t2d uninitialised
@@ -123,9 +121,7 @@ def export_speculators(draft: Any, out_dir: str | Path, *, target: str | None = 
         raise ConfigError(f"speculators export takes only the option 'target', got {sorted(options)}")
     model = _require_eagle3(draft, "speculators")
     cfg = model.config
-    problem = whole_head_rotary_problem(cfg, "speculators", "speculators 0.9.0")
-    if problem:
-        raise ConfigError(problem)
+    check_whole_head_rotary(cfg, "speculators", "speculators 0.9.0")
     block = dict(getattr(cfg, "draftsmith", None) or {})
     ids = engine_layer_ids(cfg.target_layer_ids, _target_layers(model), "speculators")
     verifier = speculators_verifier(target, block)
