@@ -13,7 +13,8 @@ build needs no network and no model hub:
 4. train the model (seeded, fixed number of steps), evaluate held-out perplexity, save bf16 safetensors;
 5. write prompt sets ``examples/data/prompts-{train,heldout}.jsonl`` for draft-data regeneration.
 
-Regenerate (21 min on an idle 2-core AVX2 machine, fp32; ``--resume`` continues a killed build)::
+Regenerate (26 min on a 2-core AVX512 machine with bf16 autocast; fp32 elsewhere is slower; ``--resume``
+continues a killed build)::
 
     python scripts/make_tiny_target.py --threads 2
 

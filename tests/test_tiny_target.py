@@ -28,7 +28,7 @@ def test_files_and_config(target):
     assert (TARGET / "model.safetensors").stat().st_size <= 12_000_000
     assert 5_000_000 <= sum(p.numel() for p in model.parameters()) <= 10_000_000
     assert model.config.tie_word_embeddings is False
-    assert model.config.num_hidden_layers == 6
+    assert model.config.num_hidden_layers == 8
     assert model.config.max_position_embeddings >= 1024
     assert model.config.vocab_size == len(tokenizer)
 
