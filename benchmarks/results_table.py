@@ -33,7 +33,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", default="eagle3,dflash,dspark,eagle1")
     parser.add_argument("--max-prompts", type=int, default=0,
-                        help="held-out prompts per method (0 = all 484: the first 100 come from only a few of the "
+                        help="held-out prompts per method (0 = all 320: the first 100 come from only a few of the "
                              "held-out modules, enough to rank methods wrongly when they are close)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--max-steps", type=int, help="override every config's train.max_steps")
