@@ -102,9 +102,11 @@ MODULE_TEMPLATES = (
 MAX_CODE_LINES = 16  # longer functions are skipped: a 5 M-parameter model cannot reproduce them anyway
 MAX_CODE_CHARS = 480
 MAX_DOC_CHARS = 420
+# New tokens of the demo's held-out generations and of the build's loop-rate check.
+LOOP_CHECK_TOKENS = 128
 # Every kept answer (incl. its <|im_end|>) is at most this many tokens, so a target that learned when to
-# stop ends well inside the 128 new tokens the demo and its loop-rate check generate: with v1's 900-char
-# answers 28 % of the held-out *reference* answers were longer than 128 tokens.
+# stop ends well inside LOOP_CHECK_TOKENS: with v1's 900-char answers 28 % of the held-out *reference*
+# answers were longer than 128 tokens.
 MAX_ANSWER_TOKENS = 112
 
 
@@ -485,14 +487,14 @@ def greedy_answer(model, tokenizer, messages: list[dict], max_new_tokens: int = 
     return tokenizer.decode(out[0, prompt["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
-def length_limit_rate(model, tokenizer, samples: list[dict], max_new_tokens: int = 128,
+def length_limit_rate(model, tokenizer, samples: list[dict], max_new_tokens: int = LOOP_CHECK_TOKENS,
                       batch_size: int = 16) -> tuple[int, int]:
     """How many greedy answers to the prompts of ``samples`` run ``max_new_tokens`` tokens without their
     stop token (the demo target's "loop rate"); batched with left padding."""
     import torch
 
     model.eval()
-    tokenizer.padding_side = "left"
+    padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
     hit = 0
     for i in range(0, len(samples), batch_size):
         prompts = [tokenizer.apply_chat_template(prompt_only(s)["messages"], tokenize=False,
@@ -503,7 +505,7 @@ def length_limit_rate(model, tokenizer, samples: list[dict], max_new_tokens: int
                                  pad_token_id=tokenizer.pad_token_id)
         new = out[:, enc["input_ids"].shape[1]:]
         hit += int((~(new == tokenizer.eos_token_id).any(dim=1)).sum())
-    tokenizer.padding_side = "right"
+    tokenizer.padding_side = padding_side
     return hit, len(samples)
 
 
@@ -650,8 +652,8 @@ def main(argv=None) -> None:
           f"{bits_per_char:.3f} bits/char); train-subset perplexity {math.exp(tnll / tn):.2f}")
     n_loop = len(heldout_samples) if args.loop_check_prompts < 0 else args.loop_check_prompts
     loops = length_limit_rate(model, tokenizer, heldout_samples[:n_loop]) if n_loop else None
-    if loops:
-        print(f"greedy held-out answers hitting 128 new tokens: {loops[0]} of {loops[1]} "
+    if loops is not None:
+        print(f"greedy held-out answers hitting {LOOP_CHECK_TOKENS} new tokens: {loops[0]} of {loops[1]} "
               f"({100 * loops[0] / loops[1]:.1f} %)")
     generations = []
     for prompt in SHOWCASE_PROMPTS:
@@ -704,7 +706,7 @@ def main(argv=None) -> None:
         "heldout_assistant_tokens": n, "heldout_bits_per_char": round(bits_per_char, 4),
         "train_subset_perplexity": round(math.exp(tnll / tn), 3),
         "heldout_length_limit": None if loops is None else {"hit": loops[0], "prompts": loops[1],
-                                                            "max_new_tokens": 128},
+                                                            "max_new_tokens": LOOP_CHECK_TOKENS},
         "shipped_step": stats["best_step"], "best_validation_perplexity": round(stats["best_val_ppl"], 3),
         "validation_log": stats["val_log"],
         "total_seconds": round(time.time() - t0, 1), "greedy_generations": generations, "loss_log": stats["log"],
