@@ -6,8 +6,8 @@ import pytest
 
 from support.cli import run_cli
 
-SUBCOMMANDS = ["list-drafts", "plugins", "resolve", "train", "prepare-features", "inspect-data", "eval",
-               "regenerate", "export", "check-export", "report"]
+SUBCOMMANDS = ["list-drafts", "plugins", "resolve", "train", "prepare-features", "import-features", "inspect-data",
+               "eval", "regenerate", "export", "check-export", "report"]
 
 
 def test_the_help_test_covers_every_subcommand():

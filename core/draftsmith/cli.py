@@ -21,6 +21,7 @@ COMMANDS = (
     "resolve",
     "train",
     "prepare-features",
+    "import-features",
     "inspect-data",
     "eval",
     "regenerate",

@@ -214,6 +214,45 @@ def load_target(path: str | Path, *, dtype: torch.dtype | str | None = None, dev
     return model
 
 
+def load_target_heads(path: str | Path, *, dtype: torch.dtype | str | None = None, device: str | torch.device = "cpu",
+                      trust_remote_code: bool = False) -> tuple[TargetHeads, nn.Module]:
+    """The target's heads and final norm, for tools that never run the target (importing features an engine
+    captured): ``(TargetHeads, final_norm)``.
+
+    Loads the checkpoint with its config cut to one decoder layer, so a 70B target costs ~1/80 of its weights;
+    embedding, norm and lm_head come from the checkpoint exactly as :func:`load_target` loads them (same
+    classes, so Gemma's embedding scale and tied heads stay right). A family whose config refuses the cut (a
+    per-layer list transformers checks against the layer count) is loaded whole instead."""
+    from transformers import AutoConfig
+
+    path = check_target_dir(path)
+    try:
+        config = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code, local_files_only=True)
+        text = text_config(config)
+        text.num_hidden_layers = 1
+        if isinstance(getattr(text, "layer_types", None), list):  # validated against num_hidden_layers
+            text.layer_types = text.layer_types[:1]
+        model = _from_pretrained_quiet(path, config, dtype, trust_remote_code)
+    except Exception:  # noqa: BLE001 - any refusal of the cut config: the whole target is always right
+        model = load_target(path, dtype=dtype, device="cpu", trust_remote_code=trust_remote_code)
+    model.to(device).eval().requires_grad_(False)
+    return target_heads(model), find_final_norm(model)
+
+
+def _from_pretrained_quiet(path: Path, config: Any, dtype: Any, trust_remote_code: bool) -> nn.Module:
+    """``from_pretrained`` of a cut config, without transformers' report of the checkpoint's unused layers."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        return AutoModelForCausalLM.from_pretrained(str(path), config=config, dtype=dtype, use_safetensors=True,
+                                                    local_files_only=True, trust_remote_code=trust_remote_code)
+    finally:
+        hf_logging.set_verbosity(level)
+
+
 def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False, chat_template: str | Path | None = None):
     """The target's tokenizer (local only); ``chat_template`` (a file path or a Jinja string) overrides."""
     from transformers import AutoTokenizer

@@ -80,7 +80,7 @@ def config_from_args(args):
     return load_config(args.config, args.overrides, base=flags)
 
 
-def preflight(config, *, reading_features: bool = True) -> None:
+def preflight(config, *, reading_features: bool = True, need_data: bool = True) -> None:
     """Torch-free checks (paths, method, draft spec for the target's architectures), so the commonest mistakes
     fail in a fraction of a second instead of after importing torch and transformers."""
     import draftsmith
@@ -89,7 +89,7 @@ def preflight(config, *, reading_features: bool = True) -> None:
 
     from draftsmith.tracking import check_tracker_config
 
-    check_required(config, reading_features=reading_features)
+    check_required(config, reading_features=reading_features, need_data=need_data)
     check_tracker_config(config)
     draftsmith.get_method(config.method)
     draftsmith.resolve_draft_spec(config.method, read_target_architectures(config.target.path))

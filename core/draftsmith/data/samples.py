@@ -116,7 +116,7 @@ def load_samples(paths: str | Path | Sequence[str | Path], tokenizer: Any = None
             if len(report.read.first_bad) < 3:
                 report.read.first_bad.append(str(bad))
             continue
-        sample = _finish(ids, mask, record.source, seq_len, record.is_chat, report)
+        sample = finish_sample(ids, mask, record.source, seq_len, record.is_chat, report)
         if sample is not None:
             samples.append(sample)
             if max_samples and len(samples) >= max_samples:
@@ -134,7 +134,7 @@ def _encoder(tokenizer: Any, chat_template: str | None, template_kwargs: dict | 
     return ChatEncoder(tokenizer, chat_template or resolve_template(tokenizer), template_kwargs)
 
 
-def _finish(ids: list[int], mask: list[int], source: str, seq_len: int, is_chat: bool,
+def finish_sample(ids: list[int], mask: list[int], source: str, seq_len: int, is_chat: bool,
             report: DataReport) -> Sample | None:
     if len(ids) != len(mask):  # a template/tokenizer inconsistency, never expected
         raise DataError(f"{source}: {len(ids)} tokens but {len(mask)} mask entries")

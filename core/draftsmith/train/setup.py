@@ -43,6 +43,7 @@ class Setup:
     target_dtype: torch.dtype
     cache: Any = None  # FeatureCache when training offline
     data: DataSplits | None = None
+    final_norm: nn.Module | None = None  # only with build_setup(heads_only=True)
 
 
 def require(config: RunConfig, *, need_data: bool = True) -> None:
@@ -134,9 +135,13 @@ def build_objective(method: MethodSpec, draft: nn.Module, heads: TargetHeads, op
 
 
 def build_setup(config: RunConfig, info: DistInfo, device: torch.device, *,
-                load_data: bool = True, log: Callable[[str], None] = lambda s: None) -> Setup:
-    """Target/cache, tokenizer, data, draft and objective for ``config`` (see the module docstring)."""
-    from ..target import load_target, target_heads
+                load_data: bool = True, heads_only: bool = False, log: Callable[[str], None] = lambda s: None
+                ) -> Setup:
+    """Target/cache, tokenizer, data, draft and objective for ``config`` (see the module docstring).
+
+    ``heads_only``: load only the target's heads and final norm (``setup.target`` stays None, the norm is
+    ``setup.final_norm``), for importing features captured elsewhere."""
+    from ..target import load_target, load_target_heads, target_heads
 
     require(config, need_data=load_data)
     offline = config.train.offline_features
@@ -151,8 +156,12 @@ def build_setup(config: RunConfig, info: DistInfo, device: torch.device, *,
     data = None
     if load_data and not offline:  # data problems surface before a (possibly huge) target is loaded
         data = build_data(config, tokenizer, template, None, vocab, log)
-    cache = None
-    if offline:
+    cache = final_norm = None
+    if heads_only and not offline:
+        heads, final_norm = load_target_heads(config.target.path, dtype=dtype, device=device,
+                                              trust_remote_code=config.target.trust_remote_code)
+        target = None
+    elif offline:
         from ..data.features import FeatureCache
 
         cache = FeatureCache(offline)
@@ -181,7 +190,8 @@ def build_setup(config: RunConfig, info: DistInfo, device: torch.device, *,
     _warn_unservable_layers(request, target_config, log)
     setup = Setup(config=config, dist=info, device=device, method=method, spec=spec, target_config=target_config,
                   target=target, tokenizer=tokenizer, chat_template=template, heads=heads, draft=draft,
-                  objective=objective, request=request, target_dtype=dtype, cache=cache, data=data)
+                  objective=objective, request=request, target_dtype=dtype, cache=cache, data=data,
+                  final_norm=final_norm)
     if cache is not None:
         check_cache(setup)
         if load_data:
