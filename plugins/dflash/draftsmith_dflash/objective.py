@@ -5,7 +5,7 @@ Per sequence, up to ``num_anchors`` anchors are drawn uniformly without replacem
 call count, so runs and resumptions are reproducible and ranks draw different anchors). All blocks of the
 batch run in one forward with the block mask (context strictly before the anchor, own block bidirectional).
 Slot ``k >= 1`` predicts ``y[a + k]`` through the frozen target ``lm_head``; the loss is the hard-label
-cross-entropy weighted by ``exp(−(k−1)/γ)`` and normalised by ``Σ weight·mask`` of the micro-batch (the
+cross-entropy weighted by ``exp(−(k−1)/γ)`` (slot 1 also × ``first_slot_weight``) and normalised by ``Σ weight·mask`` of the micro-batch (the
 DFlash/NeMo convention). An optional KD term (``kd_weight > 0``, off by default) adds the KL from the target's
 own next-token distribution at ``a + k − 1`` to the draft's, as Model-Optimizer's self-logit distillation offers.
 
@@ -44,7 +44,7 @@ def bind_heads(draft: Any, heads: TargetHeads) -> None:
 
 class DFlashObjective:
     """``DFlashObjective(draft, heads, **options)`` — options :data:`~draftsmith_dflash.registry.OBJECTIVE_OPTIONS`
-    (``num_anchors`` 512, ``loss_decay_gamma`` 7.0, ``kd_weight`` 0.0, ``kd_temperature`` 1.0, ``seed`` 0,
+    (``num_anchors`` 512, ``loss_decay_gamma`` 7.0, ``first_slot_weight`` 1.0, ``kd_weight`` 0.0, ``kd_temperature`` 1.0, ``seed`` 0,
     ``attention_backend`` "grouped"); draft options are accepted and checked against the draft. See the module
     docstring.
 
@@ -74,7 +74,11 @@ class DFlashObjective:
         self.num_anchors = num_anchors
         self.kd_weight, self.kd_temperature = float(kd_weight), float(kd_temperature)
         self.attention_backend = attention_backend
+        first = opts["first_slot_weight"]
+        if isinstance(first, bool) or not isinstance(first, (int, float)) or not first > 0:
+            raise ConfigError(f"first_slot_weight must be a number > 0, got {first!r}")
         self.slot_weights = decay_weights(self.block_size, opts["loss_decay_gamma"])  # (B,), 0 for the anchor slot
+        self.slot_weights[1] *= float(first)
         self.anchor_stream = RandomStream(int(opts["seed"]))
 
     def target_request(self) -> TargetRequest:

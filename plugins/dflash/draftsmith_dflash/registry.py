@@ -96,6 +96,7 @@ DRAFT_OPTIONS: dict[str, Any] = {
 OBJECTIVE_OPTIONS: dict[str, Any] = {
     "num_anchors": 512,  # blocks per sequence per step
     "loss_decay_gamma": 7.0,  # slot weight exp(−(k−1)/γ); None = uniform
+    "first_slot_weight": 1.0,  # multiplies slot 1's weight (the first drafted token; its acceptance gates all)
     "kd_weight": 0.0, "kd_temperature": 1.0,  # optional self-logit distillation term
     "seed": 0,  # of the anchor-draw stream
     "attention_backend": "grouped",  # see draftsmith.nn.block_mask.ATTENTION_BACKENDS

@@ -41,12 +41,14 @@ def test_forward_backward_for_every_registered_architecture(dflash, arch):
     assert 1.0 <= float(out.metrics["accept_len"]) <= 4.0 and 0 <= float(out.metrics["accuracy"]) <= 1
 
 
-def test_loss_equals_explicit_per_block_reference(dflash):
-    """Recompute the objective's loss block by block: each block alone, context truncated to its anchor."""
+@pytest.mark.parametrize("first", [1.0, 3.0])
+def test_loss_equals_explicit_per_block_reference(dflash, first):
+    """Recompute the objective's loss block by block: each block alone, context truncated to its anchor; slot 1's
+    weight times ``first_slot_weight``."""
     s = dflash.make_setup(block_size=4)
     s.draft.eval()
     batch = dflash.make_batch(batch=2, length=16, prompt=4, pad=2)
-    objective, feats, out = _run(s, batch, num_anchors=5, loss_decay_gamma=2.0, seed=3)
+    objective, feats, out = _run(s, batch, num_anchors=5, loss_decay_gamma=2.0, seed=3, first_slot_weight=first)
     # replay the objective's anchor draw with the same seed
     again = DFlashObjective(s.draft, s.heads, num_anchors=5, loss_decay_gamma=2.0, seed=3)
     from draftsmith_dflash.anchors import anchor_candidates, sample_anchors
@@ -66,7 +68,7 @@ def test_loss_equals_explicit_per_block_reference(dflash):
             for k in range(1, 4):
                 if a + k >= 16 or not lm[b, a + k]:
                     continue
-                w = math.exp(-(k - 1) / 2.0)
+                w = math.exp(-(k - 1) / 2.0) * (first if k == 1 else 1.0)
                 num += w * float(F.cross_entropy(logits[k:k + 1], ids[b, a + k:a + k + 1]))
                 den += w
                 ok = int(logits[k].argmax()) == int(ids[b, a + k])
@@ -179,6 +181,7 @@ def test_packed_rows_never_see_other_documents(dflash):
     ({"num_anchors": 0}, "num_anchors"), ({"kd_weight": -1.0}, "kd_weight"),
     ({"block_size": 8}, "disagrees with the draft"), ({"anchors": 3}, "unknown DFlash option"),
     ({"attention_backend": "nope"}, "unknown block attention backend"),
+    ({"first_slot_weight": 0.0}, "first_slot_weight"), ({"first_slot_weight": "2"}, "first_slot_weight"),
 ])
 def test_option_validation(dflash, options, match):
     s = dflash.make_setup(block_size=4)

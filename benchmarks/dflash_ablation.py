@@ -1,0 +1,140 @@
+"""DFlash ablation on the demo target: one factor at a time from the demo config, equal budget, and the table
+in docs/methods/dflash.md (between its ``ablation`` markers) written from the runs' own figures.
+
+    python benchmarks/dflash_ablation.py [--variants baseline,depth1,...] [--jobs 2] [--max-steps 300]
+
+Each variant is ``draftsmith train examples/configs/dflash-tiny.yaml`` with a few ``--set`` overrides (same data,
+seed and steps; one torch thread). The figures come from the run's final held-out evaluation (128
+conversations of examples/data/heldout.jsonl, the target's own greedy answers): ``tau_replay`` is greedy
+speculative decoding replayed along those answers — the τ ``draftsmith eval`` measures when the answers are the
+target's greedy output — and ``acc_0`` the first drafted slot's accuracy. ``--reuse`` rebuilds the table from
+earlier runs. Training CPU time is the run's own (children's user + system time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "examples" / "configs" / "dflash-tiny.yaml"
+DOC = REPO / "docs" / "methods" / "dflash.md"
+BEGIN, END = "<!-- ablation:begin -->", "<!-- ablation:end -->"
+
+# name -> (what changes, --set overrides). The demo config: 2 draft layers reading target layers [1, 3, 4],
+# block 8, 64 anchors per sequence, γ 4, lr 2e-3 with cosine to 0, no KD.
+VARIANTS: dict[str, tuple[str, list[str]]] = {
+    "baseline": ("demo config", []),
+    "seed-1": ("demo config, seed 1 (the seed spread)", ["train.seed=1", "method_options.seed=1"]),
+    "layers-high": ("target layers [4, 5, 6]", ["draft.target_layer_ids=[4,5,6]"]),
+    "layers-5": ("target layers [0, 2, 3, 5, 6]", ["draft.target_layer_ids=[0,2,3,5,6]"]),
+    "depth-1": ("1 draft layer", ["draft.num_draft_layers=1"]),
+    "depth-4": ("4 draft layers", ["draft.num_draft_layers=4"]),
+    "anchors-16": ("16 anchors per sequence", ["method_options.num_anchors=16"]),
+    "anchors-all": ("every valid anchor (512 cap)", ["method_options.num_anchors=512"]),
+    "block-4": ("block size 4", ["draft.block_size=4"]),
+    "block-16": ("block size 16", ["draft.block_size=16"]),
+    "lr-5e-3": ("lr 5e-3", ["train.lr=5.0e-3"]),
+    "lr-1e-3": ("lr 1e-3", ["train.lr=1.0e-3"]),
+    "min-lr-0.1": ("cosine to 0.1 × lr (EAGLE-3 demo schedule)", ["train.min_lr_ratio=0.1"]),
+    "gamma-2": ("γ 2 (first slots weigh more)", ["method_options.loss_decay_gamma=2.0"]),
+    "gamma-7": ("γ 7 (the plugin default)", ["method_options.loss_decay_gamma=7.0"]),
+    "gamma-uniform": ("uniform slot weights", ["method_options.loss_decay_gamma=null"]),
+    "first-slot-3": ("slot 1 weighted × 3", ["method_options.first_slot_weight=3.0"]),
+    "kd-1": ("+ KD term, weight 1", ["method_options.kd_weight=1.0"]),
+}
+
+
+def run_variant(name: str, runs: Path, max_steps: int, threads: int) -> dict:
+    _, overrides = VARIANTS[name]
+    out = runs / name
+    cmd = [sys.executable, "-m", "draftsmith", "train", str(CONFIG), "--output-dir", str(out), "--max-steps",
+           str(max_steps), "--set", f"train.eval_every={max_steps}", "--set", "train.save_every=0",
+           "--set", "train.progress=false"]
+    for item in overrides:
+        cmd += ["--set", item]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    print("+ " + " ".join(cmd), flush=True)
+    # one child per variant: its CPU time is read from a wrapper's RUSAGE_CHILDREN, not this process's
+    # (several variants run at once under --jobs)
+    wrapper = ("import resource, subprocess, sys, json, time; t = time.perf_counter(); "
+               "code = subprocess.run(sys.argv[1:]).returncode; "
+               "u = resource.getrusage(resource.RUSAGE_CHILDREN); "
+               "print(json.dumps({'code': code, 'wall': time.perf_counter() - t, 'cpu': u.ru_utime + u.ru_stime}))")
+    done = subprocess.run([sys.executable, "-c", wrapper, *cmd], cwd=REPO, env=env, text=True,
+                          stdout=subprocess.PIPE)
+    usage = json.loads(done.stdout.strip().splitlines()[-1])
+    if usage["code"] != 0:
+        raise SystemExit(f"dflash_ablation: variant {name} failed (exit {usage['code']})")
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    final = [r for r in rows if r.get("split") == "eval"][-1]
+    train_rows = [r for r in rows if r.get("split") == "train"]
+    figures = {"variant": name, "steps": max_steps, "tau_replay": final["tau_replay"], "acc_0": final["acc_0"],
+               "eval_ce": final["ce"], "train_ce": train_rows[-1]["ce"], "train_wall": usage["wall"],
+               "train_cpu": usage["cpu"], "threads": threads}
+    (runs / f"{name}.json").write_text(json.dumps(figures, indent=2))
+    return figures
+
+
+def table(rows: list[dict], command: str) -> str:
+    base = next((r for r in rows if r["variant"] == "baseline"), None)
+    lines = [f"Generated by `{command}` on {time.strftime('%Y-%m-%d')} ({platform.processor() or platform.machine()}, "
+             f"{rows[0]['threads']} torch thread per run, fp32 CPU, {rows[0]['steps']} steps × batch 8, seed 0). "
+             f"τ: greedy speculative decoding replayed along 128 held-out answers of the target (the run's final "
+             f"evaluation); slot-1 acc: the first drafted token's accuracy there; Δτ against the baseline.",
+             "", "| variant | change | held-out τ | Δτ | slot-1 acc | eval CE | train CPU min |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        delta = f"{r['tau_replay'] - base['tau_replay']:+.3f}" if base else "n/a"
+        lines.append(f"| {r['variant']} | {VARIANTS[r['variant']][0]} | {r['tau_replay']:.3f} | {delta} | "
+                     f"{r['acc_0']:.3f} | {r['eval_ce']:.3f} | {r['train_cpu'] / 60:.1f} |")
+    return "\n".join(lines)
+
+
+def write_doc(text: str) -> None:
+    doc = DOC.read_text()
+    if BEGIN not in doc or END not in doc:
+        raise SystemExit(f"dflash_ablation: {DOC} has no {BEGIN} ... {END} markers")
+    head, rest = doc.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    DOC.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {', '.join(VARIANTS)}")
+    parser.add_argument("--max-steps", type=int, default=300)
+    parser.add_argument("--jobs", type=int, default=1, help="variants trained at the same time")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    parser.add_argument("--runs-dir", default=str(REPO / "runs" / "dflash-ablation"))
+    parser.add_argument("--reuse", action="store_true", help="reuse figures of variants already run")
+    parser.add_argument("--no-doc", action="store_true", help="print the table, leave docs/methods/dflash.md alone")
+    args = parser.parse_args()
+    names = args.variants.split(",")
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
+    runs = Path(args.runs_dir)
+    runs.mkdir(parents=True, exist_ok=True)
+    todo = [n for n in names if not (args.reuse and (runs / f"{n}.json").is_file())]
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        list(pool.map(lambda n: run_variant(n, runs, args.max_steps, args.threads), todo))
+    rows = [json.loads((runs / f"{n}.json").read_text()) for n in names]
+    command = (f"python benchmarks/dflash_ablation.py --max-steps {args.max_steps}"
+               f"{f' --jobs {args.jobs}' if args.jobs > 1 else ''}")
+    text = table(rows, command)
+    print(text)
+    if not args.no_doc:
+        write_doc(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
