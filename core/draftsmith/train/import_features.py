@@ -64,7 +64,8 @@ def import_features(config: RunConfig, source: str | Path, engine_layer_ids: Seq
     hidden_size = int(setup.heads.embed_tokens.weight.shape[1])
     vocab = vocab_size_of(setup.target_config)
     norm = setup.final_norm
-    norm_dtype = next(norm.parameters()).dtype if any(True for _ in norm.parameters()) else setup.target_dtype
+    norm_params = list(norm.parameters())
+    norm_dtype = norm_params[0].dtype if norm_params else setup.target_dtype  # a weightless norm runs as the target
 
     writer = ShardWriter(out, "train", dtype, shard_bytes=shard_mb << 20)
     report, kept = DataReport(), 0
