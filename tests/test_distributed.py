@@ -251,7 +251,12 @@ def test_two_nodes_killed_mid_run_resume_to_the_uninterrupted_weights(tmp_path, 
     assert_same_run(tmp_path / "killed", world["reference"])
 
 
-def test_prepare_features_on_two_nodes_matches_one_rank(tmp_path, world):
+@pytest.mark.parametrize("shard", [False, True], ids=["replicated-target", "sharded-target"])
+def test_prepare_features_on_two_nodes_matches_one_rank(tmp_path, world, shard):
+    """Both nodes write shards into one manifest; with ``target.shard`` the FSDP2-sharded target all-gathers across
+    the nodes in every forward (small batches: the nodes run different numbers of real batches)."""
     path = one_rank_features(tmp_path, world)
-    finish(two_nodes(tmp_path, "prepare-features", str(path), "--out", str(tmp_path / "two"), "--dtype", "float32"))
+    extra = ["--set", "target.shard=true", "--batch-tokens", "250"] if shard else []
+    finish(two_nodes(tmp_path, "prepare-features", str(path), "--out", str(tmp_path / "two"), "--dtype", "float32",
+                     *extra))
     assert_same_features(tmp_path / "one", tmp_path / "two")  # both nodes wrote shards into one manifest
