@@ -27,12 +27,6 @@ def _logits(x: torch.Tensor, weight: torch.Tensor, phi: torch.Tensor | None, w2:
     return z.float()
 
 
-def _softmax_(x: torch.Tensor) -> torch.Tensor:
-    """Row softmax in place (no second vocab-sized buffer)."""
-    x.sub_(x.amax(-1, keepdim=True)).exp_()
-    return x.div_(x.sum(-1, keepdim=True))
-
-
 def _teacher_probs(teacher_h, teacher_idx, teacher_weight, transform=None):
     """Teacher distributions of a chunk's slots. With ``teacher_idx`` the rows of ``teacher_h`` are shared
     positions: overlapping blocks (anchors closer than γ) ask for the same target position, so each distinct
@@ -40,7 +34,7 @@ def _teacher_probs(teacher_h, teacher_idx, teacher_weight, transform=None):
     (``TargetHeads.adjust_logits``), so the teacher is the target's own distribution."""
     def probs(rows):
         z = (rows @ teacher_weight.t()).float()
-        return _softmax_(transform(z) if transform is not None else z)
+        return torch.softmax(transform(z) if transform is not None else z, dim=-1)  # one fused kernel
 
     if teacher_idx is None:
         return probs(teacher_h)
@@ -51,23 +45,30 @@ def _teacher_probs(teacher_h, teacher_idx, teacher_weight, transform=None):
 def _chunk_terms(h, phi, teacher_h, teacher_idx, ids, lm_weight, w2, teacher_weight, ce_coef, l1_coef,
                  teacher_transform=None):
     """CE, argmax, ∂loss/∂logits and L1 for one chunk of n slots, with at most three (n, V) fp32 buffers live
-    (probabilities, gradient, teacher/sign) — the chunk's peak memory."""
+    (logits, log-probabilities / probabilities, teacher → p − t → the gradient) — the chunk's peak memory.
+
+    Fused kernels and in-place updates keep the passes over the (n, V) buffers few: one ``log_softmax`` gives
+    CE, one ``softmax`` p; the gradient is built in the sign buffer as
+    ``p ⊙ (c_ce + c_l1·(s − ⟨p, s⟩)) − c_ce·onehot(y)`` (no separate gradient buffer)."""
     z = _logits(h, lm_weight, phi, w2)  # (n, V) fp32
     pred = z.argmax(-1)
-    z_y = z.gather(1, ids[:, None]).squeeze(1)
-    lse = torch.logsumexp(z, dim=-1)
-    ce = lse - z_y  # −log p(y)
-    p = _softmax_(z)  # z's buffer now holds p
-    grad = p * ce_coef[:, None]  # c_ce·(p − onehot(y)) ...
-    grad.scatter_add_(1, ids[:, None], -ce_coef[:, None])
+    ce = torch.log_softmax(z, dim=-1).gather(1, ids[:, None]).squeeze(1).neg()  # −log p(y)
+    p = torch.softmax(z, dim=-1)  # not exp(log p): that would scale each row by log-sum rounding
+    del z
     l1 = None
-    if teacher_h is not None:
-        diff = _teacher_probs(teacher_h, teacher_idx, teacher_weight, teacher_transform).sub_(p).neg_()  # p − t
+    if teacher_h is None:
+        grad = p.mul_(ce_coef[:, None])  # c_ce·(p − onehot(y)) (p is not needed afterwards)
+    else:
+        teacher = _teacher_probs(teacher_h, teacher_idx, teacher_weight, teacher_transform)
+        diff = torch.sub(p, teacher, out=teacher)  # p − t, in the teacher's buffer
         l1 = torch.linalg.vector_norm(diff, ord=1, dim=-1)
         sign = diff.sign_()
         with torch.autocast(p.device.type, enabled=False):  # an fp32 reduction over V, not a bf16 GEMM
             dot = torch.bmm(p[:, None, :], sign[:, :, None]).squeeze(-1)  # ⟨p, s⟩ (n, 1), no temporary
-        grad.add_(sign.sub_(dot).mul_(p).mul_(l1_coef[:, None]))  # ... + c_l1·p⊙(s − ⟨p, s⟩)
+        # c_ce·p + c_l1·p⊙(s − ⟨p, s⟩) = p ⊙ (c_l1·s + (c_ce − c_l1·⟨p, s⟩))
+        shift = ce_coef[:, None] - l1_coef[:, None] * dot
+        grad = sign.mul_(l1_coef[:, None]).add_(shift).mul_(p)
+    grad.scatter_add_(1, ids[:, None], -ce_coef[:, None])  # ... − c_ce·onehot(y)
     return ce, pred, grad, l1
 
 
