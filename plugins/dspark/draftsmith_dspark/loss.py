@@ -31,11 +31,11 @@ from draftsmith.train.distributed import global_sum, world_size
 from .anchors import DSparkForwardOutput, slot_decay_weights
 from .fused_logits import fused_slot_loss, slot_terms
 
-CHUNK_LOGITS = 1 << 22  # default chunk: ~4M logits (16 MB per fp32 temporary), never under NeMo's 128 slots
+CHUNK_LOGITS = 1 << 23  # default chunk: ~8M logits (32 MB per fp32 temporary), never under NeMo's 128 slots
 
 
 def default_chunk_size(vocab_size: int) -> int:
-    """Slots per vocab chunk: 128 for large vocabularies (Qwen3: 19M logits), more for small ones (V=8192: 512),
+    """Slots per vocab chunk: 128 for large vocabularies (Qwen3: 19M logits), more for small ones (V=8192: 1024),
     where bigger GEMMs are faster and the temporaries still small."""
     return max(128, (CHUNK_LOGITS // max(int(vocab_size), 1)) // 64 * 64)
 
