@@ -11,7 +11,9 @@ weights but computes the way that path does:
 * logits of every block slot through the target lm_head, then ``DFlashDecayLoss``: CE on slots ``1..B−1``,
   weights ``exp(−(k−1)/γ)`` × label mask, ``Σ w·nll / (Σ w + 1e-6)``.
 
-Not a test oracle (the tests compare against explicit per-block references); a timing baseline only.
+Not a test oracle (the tests compare against explicit per-block references); a timing baseline only, and not a
+measurement of NeMo: the real package is timed by ``benchmarks/train_step.py --method dflash --vs nemo`` (this
+module is its labelled fallback when ``nemo_automodel`` is not installed).
 """
 
 from __future__ import annotations

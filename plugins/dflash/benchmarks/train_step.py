@@ -1,5 +1,5 @@
 """DFlash training-step benchmark: draftsmith's objective (per attention backend) vs NeMo AutoModel's
-dense-mask path (``nemo_dense_reference.py``), at the reference shape of ../shared/BENCHMARKS.md: target hidden
+dense-mask path as *re-implemented* in ``nemo_dense_reference.py`` (not the package), at the reference shape of ../shared/BENCHMARKS.md: target hidden
 512 (intermediate 2048, 8 heads / 2 KV heads, head_dim 64, vocab 8192, 36 layers), captured layers
 [1, 9, 17, 25, 33], 5 draft layers, batch 1, seq 1024, 128 anchors, block 16, γ_decay 7, mask id 8191.
 
@@ -10,6 +10,10 @@ Peak memory: CUDA max allocated per variant; on CPU each variant also runs alone
 (``--only``) to read its peak RSS.
 
     python plugins/dflash/benchmarks/train_step.py [--steps 5] [--device cuda --dtype bfloat16]
+
+The comparison with the real NeMo AutoModel package (its own draft and ``DFlashTrainerModule``) is
+``benchmarks/train_step.py --method dflash --vs nemo``, run from ``.peers/nemo-automodel-0.7.0``
+(``scripts/install_peers.sh``); this script compares attention backends against the re-implementation.
 """
 
 from __future__ import annotations

@@ -11,7 +11,9 @@ DSpark draft's weights but computes the way that path does:
   128-token chunks under activation checkpointing; BCE against the detached ``clamp(1 − ½L1, 0, 1)``;
   ``0.1·CE + 0.9·L1 + 1.0·BCE``, each ``Σ w·ℓ / Σ w``.
 
-Not a test oracle (the plugin's tests check the loss against explicit references); a timing baseline only.
+Not a test oracle (the plugin's tests check the loss against explicit references); a timing baseline only, and
+not a measurement of NeMo: the real package is timed by ``benchmarks/train_step.py --method dspark --vs nemo``
+(this module is its labelled fallback when ``nemo_automodel`` is not installed).
 """
 
 from __future__ import annotations

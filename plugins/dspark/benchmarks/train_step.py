@@ -1,5 +1,5 @@
 """DSpark training-step benchmark: draftsmith's objective (per attention backend) vs NeMo AutoModel's dense-mask
-path (``nemo_dense_reference.py``) at the reference shape of ../shared/BENCHMARKS.md: target hidden 512
+path as *re-implemented* in ``nemo_dense_reference.py`` (not the package) at the reference shape of ../shared/BENCHMARKS.md: target hidden 512
 (intermediate 2048, 8 heads / 2 KV heads, head_dim 64, vocab 8192, 36 layers), captured layers
 [1, 9, 17, 25, 33], 5 draft layers, batch 1, seq 1024, 128 anchors, γ = 7, Markov vanilla rank 256, confidence
 head with Markov features, γ_decay 4, mask id 8191.
@@ -11,6 +11,10 @@ Peak memory: CUDA max allocated per variant; on CPU each variant also runs alone
 the peak RSS of its steps above the RSS before them (``VmHWM`` reset after a warm-up step).
 
     python plugins/dspark/benchmarks/train_step.py [--steps 5] [--threads N] [--device cuda --dtype bfloat16]
+
+The comparison with the real NeMo AutoModel package (its own draft and trainer modules) is
+``benchmarks/train_step.py --method dspark --vs nemo``, run from ``.peers/nemo-automodel-0.7.0``
+(``scripts/install_peers.sh``); this script compares attention backends against the re-implementation.
 """
 
 from __future__ import annotations

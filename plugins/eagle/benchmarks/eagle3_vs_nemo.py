@@ -5,6 +5,10 @@ Usage (repo root): python plugins/eagle/benchmarks/eagle3_vs_nemo.py [--steps 5]
 Uses the reference shape of benchmarks/train_step.py (hidden 512, 8 heads / 2 KV heads, head_dim 64, seq 512,
 batch 2, target vocab 8192, draft vocab 2048, TTT 7). The two steps alternate (so machine load hits both alike);
 prints each one's median forward+backward time, tokens/s, and the speed-up. Figures only: never a test.
+
+The "NeMo" side here is ``nemo_eager_step.py``, a re-implementation (not the package). The real NeMo AutoModel
+package (``LlamaEagle3DraftModel`` + ``Eagle3TrainerModule``) is timed by ``benchmarks/train_step.py --method
+eagle3 --vs nemo``, run from ``.peers/nemo-automodel-0.7.0`` (``scripts/install_peers.sh``).
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""A re-implementation of NeMo AutoModel's *eager* EAGLE-3 training step, for speed comparison only.
+"""A re-implementation of NeMo AutoModel's *eager* EAGLE-3 training step, for speed comparison only — not a
+measurement of NeMo: the real package is timed by ``benchmarks/train_step.py --method eagle3 --vs nemo`` (this
+module is its labelled fallback when ``nemo_automodel`` is not installed).
 
 Written from the description in shared/reference/nemo-automodel.md §2.2/§3.2 (no NeMo code): the draft's weights
 are used as they are, with NeMo's algorithm around them —
