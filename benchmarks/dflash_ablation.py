@@ -48,6 +48,9 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "gamma-7": ("γ 7 (the plugin default)", ["method_options.loss_decay_gamma=7.0"]),
     "gamma-uniform": ("uniform slot weights", ["method_options.loss_decay_gamma=null"]),
     "first-slot-3": ("slot 1 weighted × 3", ["method_options.first_slot_weight=3.0"]),
+    "first-slot-10": ("slot 1 weighted × 10", ["method_options.first_slot_weight=10.0"]),
+    "first-3-gamma-2": ("slot 1 × 3 and γ 2", ["method_options.first_slot_weight=3.0",
+                                               "method_options.loss_decay_gamma=2.0"]),
     "kd-1": ("+ KD term, weight 1", ["method_options.kd_weight=1.0"]),
 }
 
