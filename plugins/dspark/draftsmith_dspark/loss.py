@@ -55,9 +55,12 @@ class LossWeights:
     scale: torch.Tensor  # world_size / global Σ w
 
 
-def loss_weights(eval_mask: torch.Tensor, loss_decay_gamma: float | None) -> LossWeights:
-    """Per-slot weights and the (global) normaliser shared by all three terms."""
+def loss_weights(eval_mask: torch.Tensor, loss_decay_gamma: float | None,
+                 first_slot_weight: float = 1.0) -> LossWeights:
+    """Per-slot weights and the (global) normaliser shared by all three terms: ``exp(−k/γ_d)``, slot 1 (k = 0,
+    the first drafted token, whose acceptance gates every later one) also × ``first_slot_weight``."""
     decay = slot_decay_weights(eval_mask.shape[-1], loss_decay_gamma, device=eval_mask.device)
+    decay[0] *= float(first_slot_weight)
     weights = eval_mask.float() * decay  # (B, A, γ)
     local = weights.sum()
     total = global_sum(local)  # Σ w over data-parallel ranks (detached)
@@ -134,6 +137,7 @@ def dspark_diagnostics(eval_mask: torch.Tensor, block_keep_mask: torch.Tensor, c
 
 
 def compute_dspark_loss(output: DSparkForwardOutput, *, loss_decay_gamma: float | None = 4.0,
+                        first_slot_weight: float = 1.0,
                         ce_loss_alpha: float = 0.1, l1_loss_alpha: float = 0.9, confidence_head_alpha: float = 1.0,
                         chunk_size: int = 128) -> DSparkLoss:
     """The loss from materialised logits. Each chunk of ``chunk_size`` supervised slots is checkpointed so its
@@ -142,7 +146,7 @@ def compute_dspark_loss(output: DSparkForwardOutput, *, loss_decay_gamma: float 
     if needs_teacher and output.aligned_target_logits is None:
         raise ConfigError("l1_loss_alpha / confidence_head_alpha > 0 need aligned_target_logits (teacher)")
     mask = output.eval_mask
-    lw = loss_weights(mask, loss_decay_gamma)
+    lw = loss_weights(mask, loss_decay_gamma, first_slot_weight)
     draft = output.draft_logits[mask]  # (M, V)
     teacher = output.aligned_target_logits[mask] if output.aligned_target_logits is not None else None
     ids = output.target_ids[mask]  # (M,)
@@ -167,7 +171,7 @@ def fused_dspark_loss(hidden: torch.Tensor, target_ids: torch.Tensor, eval_mask:
                       teacher_positions: torch.Tensor | None = None,
                       teacher_weight: torch.Tensor | None = None, teacher_transform=None,
                       confidence_pred: torch.Tensor | None = None, loss_decay_gamma: float | None = 4.0,
-                      ce_loss_alpha: float = 0.1, l1_loss_alpha: float = 0.9,
+                      first_slot_weight: float = 1.0, ce_loss_alpha: float = 0.1, l1_loss_alpha: float = 0.9,
                       confidence_head_alpha: float = 1.0, chunk_size: int | None = None) -> DSparkLoss:
     """The same loss from hidden states: hidden (B, A, γ, H), phi (B, A, γ, r) with w2 (V, r), teacher_hidden
     (B, A, γ, H) (the target's post-norm states at the teacher positions) — or teacher_hidden (B, S, H) with
@@ -177,7 +181,7 @@ def fused_dspark_loss(hidden: torch.Tensor, target_ids: torch.Tensor, eval_mask:
     needs_teacher = bool(l1_loss_alpha) or (confidence_pred is not None and bool(confidence_head_alpha))
     if needs_teacher and teacher_hidden is None:
         raise ConfigError("l1_loss_alpha / confidence_head_alpha > 0 need teacher_hidden (target final hidden)")
-    lw = loss_weights(eval_mask, loss_decay_gamma)
+    lw = loss_weights(eval_mask, loss_decay_gamma, first_slot_weight)
     coef = lw.rows * lw.scale
     chunk_size = chunk_size or default_chunk_size(lm_weight.shape[0])
     teacher_rows = teacher_index = None

@@ -33,7 +33,8 @@ _DRAFT_KEYS_CHECKED = ("block_size", "markov_rank", "markov_head_type", "mask_to
 
 class DSparkObjective:
     """Options: :data:`~draftsmith_dspark.registry.OBJECTIVE_OPTIONS` (= the method's objective table) —
-    ``loss_decay_gamma`` 4.0 (None = uniform), ``ce_loss_alpha`` 0.1, ``l1_loss_alpha`` 0.9,
+    ``loss_decay_gamma`` 4.0 (None = uniform), ``first_slot_weight`` 1.0 (slot 1's weight multiplier, in all three
+    terms), ``ce_loss_alpha`` 0.1, ``l1_loss_alpha`` 0.9,
     ``confidence_head_alpha`` 1.0, ``loss_chunk_size`` None (slots per vocab chunk; None =
     ``loss.default_chunk_size(V)``: 128 at Qwen3's vocab, 1024 at V = 8192), ``seed`` 0 (anchor draws),
     ``attention_backend`` "grouped" (see ``draftsmith.nn.block_mask.BlockLayout.attention_mask``), ``num_anchors``
@@ -59,6 +60,10 @@ class DSparkObjective:
         opts = {k: options.get(k, v) for k, v in OBJECTIVE_OPTIONS.items()}
         self.draft, self.heads = draft, heads
         self.loss_decay_gamma = opts["loss_decay_gamma"]
+        first = opts["first_slot_weight"]
+        if isinstance(first, bool) or not isinstance(first, (int, float)) or not first > 0:
+            raise ConfigError(f"first_slot_weight must be a number > 0, got {first!r}")
+        self.first_slot_weight = float(first)
         self.ce_alpha = float(opts["ce_loss_alpha"])
         self.l1_alpha = float(opts["l1_loss_alpha"])
         self.conf_alpha = float(opts["confidence_head_alpha"]) if draft.confidence_head is not None else 0.0
@@ -121,7 +126,7 @@ class DSparkObjective:
             teacher_positions=out.teacher_positions, teacher_weight=self.heads.lm_head.weight,
             teacher_transform=self.heads.adjust_logits,
             confidence_pred=out.confidence_pred, loss_decay_gamma=self.loss_decay_gamma,
-            ce_loss_alpha=self.ce_alpha, l1_loss_alpha=self.l1_alpha, confidence_head_alpha=self.conf_alpha,
+            first_slot_weight=self.first_slot_weight, ce_loss_alpha=self.ce_alpha, l1_loss_alpha=self.l1_alpha, confidence_head_alpha=self.conf_alpha,
             chunk_size=self.chunk_size)
         return ObjectiveOutput(loss=res.loss, metrics=res.metrics, num_tokens=res.num_tokens)
 

@@ -104,6 +104,7 @@ DRAFT_OPTIONS: dict[str, Any] = {
 # Objective options (objective.DSparkObjective; the ``method_options:`` section).
 OBJECTIVE_OPTIONS: dict[str, Any] = {
     "loss_decay_gamma": 4.0,  # slot weight exp(−k/γ_d); None = uniform
+    "first_slot_weight": 1.0,  # multiplies slot 1's weight (the first drafted token; its acceptance gates all)
     "ce_loss_alpha": 0.1,
     "l1_loss_alpha": 0.9,
     "confidence_head_alpha": 1.0,

@@ -69,6 +69,44 @@ def test_weighted_means_and_total():
     assert res.num_tokens == int(m.sum())
 
 
+@pytest.mark.parametrize("first", [1.0, 3.0])
+def test_first_slot_weight_multiplies_slot_one_in_every_term(first):
+    """Slot 1 (k = 0) weighs ``first_slot_weight · exp(0)``, the others ``exp(−k/γ_d)``, in all three terms and in
+    their shared normaliser; the fused path equals the materialised one with the same option."""
+    out = _output(seed=4, holes=False)
+    res = compute_dspark_loss(out, first_slot_weight=first)
+    m = out.eval_mask
+    decay = torch.exp(-torch.arange(7, dtype=torch.float64) / 4.0).float()
+    decay[0] = first
+    w = (m.float() * decay)[m]
+    logp = torch.log_softmax(out.draft_logits.detach()[m], -1)
+    ce = -logp.gather(1, out.target_ids[m][:, None])[:, 0]
+    l1 = (logp.exp() - torch.softmax(out.aligned_target_logits[m], -1)).abs().sum(-1)
+    bce = F.binary_cross_entropy_with_logits(out.confidence_pred.detach()[m], (1 - 0.5 * l1).clamp(0, 1),
+                                             reduction="none")
+    mean = lambda x: float((w * x).sum() / w.sum())  # noqa: E731
+    assert float(res.loss.detach()) == pytest.approx(0.1 * mean(ce) + 0.9 * mean(l1) + mean(bce), rel=1e-5)
+    # the fused path (from hidden states) takes the same weights
+    gen = torch.Generator().manual_seed(5)
+    h = torch.randn(2, 3, 7, 8, generator=gen, requires_grad=True)
+    th = torch.randn(2, 3, 7, 8, generator=gen)
+    lm = torch.randn(V, 8, generator=gen)
+    ids = torch.randint(0, V, (2, 3, 7), generator=gen)
+    full = torch.ones(2, 3, 7, dtype=torch.bool)
+    fused = fused_dspark_loss(h, ids, full, full.all(-1), lm, teacher_hidden=th, confidence_head_alpha=0.0,
+                              first_slot_weight=first)
+    ref = compute_dspark_loss(DSparkForwardOutput(draft_logits=h @ lm.T, target_ids=ids, eval_mask=full,
+                                                  block_keep_mask=full.all(-1), confidence_pred=None,
+                                                  aligned_target_logits=th @ lm.T),
+                              confidence_head_alpha=0.0, first_slot_weight=first)
+    torch.testing.assert_close(fused.loss, ref.loss, rtol=1e-5, atol=1e-6)
+    if first != 1.0:  # and the option changes the loss
+        assert float(ref.loss.detach()) != pytest.approx(float(compute_dspark_loss(
+            DSparkForwardOutput(draft_logits=h @ lm.T, target_ids=ids, eval_mask=full, block_keep_mask=full.all(-1),
+                                confidence_pred=None, aligned_target_logits=th @ lm.T),
+            confidence_head_alpha=0.0).loss.detach()), rel=1e-4)
+
+
 def test_weighted_mean_of_uniform_ce_is_that_ce():
     out = _output(seed=2)
     out.draft_logits = torch.zeros(2, 3, 7, V, requires_grad=True)  # CE = log V everywhere

@@ -150,6 +150,9 @@ def test_options(tiny, setup):
         _objective(tiny, tc, heads, attention_backend="xformers")
     with pytest.raises(ConfigError, match="loss weights"):
         _objective(tiny, tc, heads, ce_loss_alpha=0.0, l1_loss_alpha=0.0)
+    for bad in (0.0, -1.0, "3", True):
+        with pytest.raises(ConfigError, match="first_slot_weight"):
+            _objective(tiny, tc, heads, first_slot_weight=bad)
     draft = tiny.make_draft(tc)
     import dataclasses
 
