@@ -1,21 +1,22 @@
-"""DFlash ablation on the demo target: one factor at a time from a pinned baseline, and stacked on the shipped
-demo config, at equal budget; the table
-in docs/methods/dflash.md (between its ``ablation`` markers) written from the runs' own figures.
+"""DFlash ablation on the demo target (and a smaller DSpark one, ``--method dspark``): one factor at a time from a
+pinned baseline, and stacked on the shipped demo config, at equal budget; the table in docs/methods/<method>.md
+(between its ``ablation`` markers) written from the runs' own figures.
 
-    python benchmarks/dflash_ablation.py [--variants baseline,depth1,...] [--jobs 2] [--max-steps 300]
+    python benchmarks/dflash_ablation.py [--method dflash|dspark] [--variants baseline,depth-1,...] [--jobs 2]
+        [--max-steps 300] [--reuse]
 
-Each variant is ``draftsmith train examples/configs/dflash-tiny.yaml`` with ``BASELINE`` and a few more ``--set``
-overrides (same data,
-seed and steps; one torch thread). The figures come from the run's final held-out evaluation (128
-conversations of examples/data/heldout.jsonl, the target's own greedy answers): ``tau_replay`` is greedy
-speculative decoding replayed along those answers — the τ ``draftsmith eval`` measures when the answers are the
-target's greedy output — and ``acc_0`` the first drafted slot's accuracy. ``--reuse`` rebuilds the table from
-earlier runs. Training CPU time is the run's own (children's user + system time).
+Each variant is ``draftsmith train examples/configs/<method>-tiny.yaml`` with the method's pinned baseline and a few
+more ``--set`` overrides (same data, seed and steps; one torch thread). The figures come from the run's final
+held-out evaluation (128 conversations of examples/data/heldout.jsonl, the target's own greedy answers):
+``tau_replay`` is greedy speculative decoding replayed along those answers — the τ ``draftsmith eval`` measures
+when the answers are the target's greedy output — and (DFlash) ``acc_0`` the first drafted slot's accuracy.
+``--reuse`` rebuilds the table from earlier runs. Training CPU time is the run's own (children's user + system).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -26,8 +27,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIG = REPO / "examples" / "configs" / "dflash-tiny.yaml"
-DOC = REPO / "docs" / "methods" / "dflash.md"
 BEGIN, END = "<!-- ablation:begin -->", "<!-- ablation:end -->"
 
 # The ablation's baseline is pinned here, not read from the demo config: the shipped demo config took the
@@ -70,13 +69,44 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
 }
 
 
-def run_variant(name: str, runs: Path, max_steps: int, threads: int) -> dict:
-    _, overrides = VARIANTS[name]
+# DSpark (γ_d weights exp(−k/γ_d) from k = 0, so its γ_d 4 / 2 weigh slots like DFlash's γ 4 / 2): whether the
+# first-slot lever DFlash's ablation found carries over. Same pinned-baseline rule.
+DSPARK_BASELINE = ["method_options.loss_decay_gamma=4.0", "method_options.first_slot_weight=1.0"]
+DSPARK_DEMO: list[str] = []  # the shipped dspark-tiny.yaml keeps the paper objective
+DSPARK_VARIANTS: dict[str, tuple[str, list[str]]] = {
+    "baseline": ("γ_d 4, slot 1 × 1 (the demo config: paper / NeMo objective)", []),
+    "seed-1": ("baseline, seed 1 (the seed spread)", ["train.seed=1", "method_options.seed=1"]),
+    "gamma-2": ("γ_d 2", ["method_options.loss_decay_gamma=2.0"]),
+    "first-slot-3": ("slot 1 weighted × 3", ["method_options.first_slot_weight=3.0"]),
+    "first-3-gamma-2": ("slot 1 × 3 and γ_d 2 (DFlash's demo objective)",
+                        ["method_options.first_slot_weight=3.0", "method_options.loss_decay_gamma=2.0"]),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Ablation:
+    config: Path
+    doc: Path
+    baseline: list[str]
+    demo: list[str]
+    variants: dict[str, tuple[str, list[str]]]
+
+
+ABLATIONS = {
+    "dflash": Ablation(REPO / "examples" / "configs" / "dflash-tiny.yaml", REPO / "docs" / "methods" / "dflash.md",
+                       BASELINE, DEMO, VARIANTS),
+    "dspark": Ablation(REPO / "examples" / "configs" / "dspark-tiny.yaml", REPO / "docs" / "methods" / "dspark.md",
+                       DSPARK_BASELINE, DSPARK_DEMO, DSPARK_VARIANTS),
+}
+
+
+def run_variant(ab: Ablation, name: str, runs: Path, max_steps: int, threads: int) -> dict:
+    _, overrides = ab.variants[name]
     out = runs / name
-    cmd = [sys.executable, "-m", "draftsmith", "train", str(CONFIG), "--output-dir", str(out), "--max-steps",
+    cmd = [sys.executable, "-m", "draftsmith", "train", str(ab.config), "--output-dir", str(out), "--max-steps",
            str(max_steps), "--set", f"train.eval_every={max_steps}", "--set", "train.save_every=0",
            "--set", "train.progress=false"]
-    for item in [*BASELINE, *overrides]:
+    for item in [*ab.baseline, *overrides]:
         cmd += ["--set", item]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     print("+ " + " ".join(cmd), flush=True)
@@ -94,8 +124,9 @@ def run_variant(name: str, runs: Path, max_steps: int, threads: int) -> dict:
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     final = [r for r in rows if r.get("split") == "eval"][-1]
     train_rows = [r for r in rows if r.get("split") == "train"]
-    figures = {"variant": name, "steps": max_steps, "tau_replay": final["tau_replay"], "acc_0": final["acc_0"],
-               "eval_ce": final["ce"], "train_ce": train_rows[-1]["ce"], "train_wall": usage["wall"],
+    ce_key = "ce" if "ce" in final else "ce_loss"  # DFlash / DSpark metric names
+    figures = {"variant": name, "steps": max_steps, "tau_replay": final["tau_replay"], "acc_0": final.get("acc_0"),
+               "eval_ce": final[ce_key], "train_ce": train_rows[-1][ce_key], "train_wall": usage["wall"],
                "train_cpu": usage["cpu"], "threads": threads}
     (runs / f"{name}.json").write_text(json.dumps(figures, indent=2))
     return figures
@@ -106,7 +137,7 @@ def reference_of(name: str) -> str:
     return "demo" if name.startswith("demo-") else "baseline"
 
 
-def table(rows: list[dict], command: str) -> str:
+def table(ab: Ablation, rows: list[dict], command: str) -> str:
     by_name = {r["variant"]: r for r in rows}
     lines = [f"Generated by `{command}` on {time.strftime('%Y-%m-%d')} ({platform.processor() or platform.machine()}, "
              f"{rows[0]['threads']} torch thread per run, fp32 CPU, {rows[0]['steps']} steps × batch 8, seed 0). "
@@ -118,60 +149,67 @@ def table(rows: list[dict], command: str) -> str:
     for r in rows:
         base = by_name.get(reference_of(r["variant"]))
         delta = f"{r['tau_replay'] - base['tau_replay']:+.3f}" if base and base is not r else "—"
-        lines.append(f"| {r['variant']} | {VARIANTS[r['variant']][0]} | {r['tau_replay']:.3f} | {delta} | "
-                     f"{r['acc_0']:.3f} | {r['eval_ce']:.3f} | {r['train_cpu'] / 60:.1f} |")
+        acc = "—" if r.get("acc_0") is None else f"{r['acc_0']:.3f}"
+        lines.append(f"| {r['variant']} | {ab.variants[r['variant']][0]} | {r['tau_replay']:.3f} | {delta} | "
+                     f"{acc} | {r['eval_ce']:.3f} | {r['train_cpu'] / 60:.1f} |")
     return "\n".join(lines)
 
 
-def write_doc(text: str) -> None:
-    doc = DOC.read_text()
+def write_doc(path: Path, text: str) -> None:
+    doc = path.read_text()
     if BEGIN not in doc or END not in doc:
-        raise SystemExit(f"dflash_ablation: {DOC} has no {BEGIN} ... {END} markers")
+        raise SystemExit(f"dflash_ablation: {path} has no {BEGIN} ... {END} markers")
     head, rest = doc.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
-    DOC.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
+    path.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
 
 
-def check_demo_matches_config() -> None:
-    """``DEMO`` must be what examples/configs/dflash-tiny.yaml ships, or the demo rows describe another config."""
+def check_demo_matches_config(ab: Ablation) -> None:
+    """The ``demo`` overrides must be what the shipped demo config holds, or the demo rows describe another config."""
     import yaml
 
-    shipped = yaml.safe_load(CONFIG.read_text()).get("method_options") or {}
-    for item in DEMO:
+    shipped = yaml.safe_load(ab.config.read_text()).get("method_options") or {}
+    for item in ab.demo:
         key, value = item.split("=", 1)
         name = key.split(".", 1)[1]
         if float(shipped.get(name, "nan")) != float(value):
-            raise SystemExit(f"dflash_ablation: DEMO sets {name}={value} but {CONFIG.name} ships "
+            raise SystemExit(f"dflash_ablation: DEMO sets {name}={value} but {ab.config.name} ships "
                              f"{shipped.get(name)!r}; update DEMO or the config")
+    for name in ("loss_decay_gamma", "first_slot_weight"):  # a baseline key the shipped config does not override
+        if name in shipped and not any(item.startswith(f"method_options.{name}=") for item in ab.demo):
+            raise SystemExit(f"dflash_ablation: {ab.config.name} sets {name} but the ablation's demo does not")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {', '.join(VARIANTS)}")
+    parser.add_argument("--method", choices=sorted(ABLATIONS), default="dflash")
+    parser.add_argument("--variants", default=None, help="comma-separated (default: all of the method's); dflash: "
+                        f"{', '.join(VARIANTS)}; dspark: {', '.join(DSPARK_VARIANTS)}")
     parser.add_argument("--max-steps", type=int, default=300)
     parser.add_argument("--jobs", type=int, default=1, help="variants trained at the same time")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
-    parser.add_argument("--runs-dir", default=str(REPO / "runs" / "dflash-ablation"))
+    parser.add_argument("--runs-dir", default=None, help="default runs/<method>-ablation")
     parser.add_argument("--reuse", action="store_true", help="reuse figures of variants already run")
     parser.add_argument("--no-doc", action="store_true", help="print the table, leave docs/methods/dflash.md alone")
     args = parser.parse_args()
-    names = args.variants.split(",")
-    unknown = [n for n in names if n not in VARIANTS]
+    ab = ABLATIONS[args.method]
+    names = args.variants.split(",") if args.variants else list(ab.variants)
+    unknown = [n for n in names if n not in ab.variants]
     if unknown:
-        parser.error(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
-    check_demo_matches_config()
-    runs = Path(args.runs_dir)
+        parser.error(f"unknown {args.method} variant(s) {unknown}; choose from {list(ab.variants)}")
+    check_demo_matches_config(ab)
+    runs = Path(args.runs_dir or REPO / "runs" / f"{args.method}-ablation")
     runs.mkdir(parents=True, exist_ok=True)
     todo = [n for n in names if not (args.reuse and (runs / f"{n}.json").is_file())]
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        list(pool.map(lambda n: run_variant(n, runs, args.max_steps, args.threads), todo))
+        list(pool.map(lambda n: run_variant(ab, n, runs, args.max_steps, args.threads), todo))
     rows = [json.loads((runs / f"{n}.json").read_text()) for n in names]
-    command = (f"python benchmarks/dflash_ablation.py --max-steps {args.max_steps}"
+    command = (f"python benchmarks/dflash_ablation.py --method {args.method} --max-steps {args.max_steps}"
                f"{f' --jobs {args.jobs}' if args.jobs > 1 else ''}")
-    text = table(rows, command)
+    text = table(ab, rows, command)
     print(text)
     if not args.no_doc:
-        write_doc(text)
+        write_doc(ab.doc, text)
     return 0
 
 
