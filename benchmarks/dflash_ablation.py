@@ -70,6 +70,8 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "demo-anchors-16-600": ("demo, 16 anchors, 600 steps (≈ the demo's CPU time)",
                             [*DEMO, "method_options.num_anchors=16", "train.max_steps=600"]),
     "demo-600": ("demo, 600 steps (the issue's 10 CPU-minute budget)", [*DEMO, "train.max_steps=600"]),
+    "demo-anchors-16-1200": ("demo, 16 anchors, 1200 steps (≈ demo-600's CPU time)",
+                             [*DEMO, "method_options.num_anchors=16", "train.max_steps=1200"]),
 }
 
 
