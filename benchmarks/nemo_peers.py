@@ -117,6 +117,7 @@ def build_dflash(target, shape, draft, objective, batch, features, attention: st
                                             block_size=d["block_size"], attention_backend=attention,
                                             num_anchors=objective.num_anchors,
                                             loss_decay_gamma=shape["objective"]["loss_decay_gamma"])
+    trainer.to(batch["input_ids"].device)  # its block-offset buffer is built on the CPU
     anchors, keep = _draw(objective, batch, lambda m: anchor_candidates(m, d["block_size"]))
     trainer._sample_anchor_positions = lambda *a, **k: (anchors.clone(), keep.clone())
     context = features.stacked(d["target_layer_ids"])

@@ -58,7 +58,7 @@ SHAPES = {
 }
 
 
-def build(method: str, device: torch.device, dtype: torch.dtype):
+def build(method: str, device: torch.device, dtype: torch.dtype, backend: str | None = None):
     from transformers import Qwen3Config
 
     shape = SHAPES[method]
@@ -72,6 +72,8 @@ def build(method: str, device: torch.device, dtype: torch.dtype):
     heads = TargetHeads(embed_tokens=embed, lm_head=lm_head, vocab_size=TARGET["vocab_size"], pad_token_id=0,
                         eos_token_ids=(1,))
     options = {**method_spec.default_options, **shape["objective"]}
+    if backend is not None:  # the block drafters' training attention (dflash, dspark)
+        options["attention_backend"] = backend
     objective = method_spec.load_objective()(draft, heads, **options)
     if hasattr(objective, "prepare"):
         g = torch.Generator().manual_seed(0)
@@ -152,8 +154,30 @@ def _ours(objective, batch, features):
 def _alone(args, side: str) -> dict:
     cmd = [sys.executable, __file__, "--method", args.method, "--vs", args.vs, "--only", side, "--steps", "2",
            "--threads", str(args.threads), "--device", args.device, "--dtype", args.dtype]
+    if args.backend:
+        cmd += ["--backend", args.backend]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# Ops that make the host wait for the device (a CUDA sync): data-dependent shapes and scalar reads.
+HOST_SYNC_OPS = ("aten::_local_scalar_dense", "aten::nonzero")
+
+
+def profile_step(timed, loss_fn, device: torch.device, rows: int = 12) -> None:
+    """One warmed-up step under ``torch.profiler``: how many ops it runs (each a kernel launch on CUDA, where a
+    small-shape step is launch-bound), how many wait for the device, and the top ops."""
+    from torch.profiler import ProfilerActivity, profile
+
+    timed(loss_fn)  # warm-up
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        timed(loss_fn)
+    events = prof.key_averages()
+    syncs = {e.key: e.count for e in events if e.key in HOST_SYNC_OPS}
+    print(f"profile ops {sum(e.count for e in events)} host_syncs {syncs}")
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(events.table(sort_by=key, row_limit=rows, max_name_column_width=60))
 
 
 def main() -> None:
@@ -164,17 +188,26 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     parser.add_argument("--vs", choices=["nemo"], help="also time NeMo AutoModel's step (eagle3, dflash, dspark)")
+    parser.add_argument("--backend", help="dflash/dspark: draftsmith's block attention_backend (default: the "
+                        "method's default; see draftsmith.nn.block_mask.ATTENTION_BACKENDS)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also print a torch.profiler summary of one of draftsmith's steps (op and host-sync "
+                             "counts, top ops by device or CPU time)")
     parser.add_argument("--only", choices=["ours", "nemo"], help=argparse.SUPPRESS)  # --vs: one side alone (JSON)
     args = parser.parse_args()
+    if args.backend and args.method not in ("dflash", "dspark"):
+        parser.error("--backend applies to dflash and dspark")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.vs and args.method not in FALLBACKS:
         parser.error(f"--vs nemo compares {sorted(FALLBACKS)}")
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     torch.manual_seed(0)
-    draft, objective, shape = build(args.method, device, dtype)
+    draft, objective, shape = build(args.method, device, dtype, args.backend)
     batch, features = make_batch(objective, shape, device, dtype)
     tokens = shape["batch"] * shape["seq"]
+    if args.profile:
+        profile_step(step_timer(device, dtype, draft), _ours(objective, batch, features), device)
     if args.vs:
         return compare(args, draft, objective, shape, batch, features, device, dtype, tokens)
     timed = step_timer(device, dtype, draft)

@@ -291,3 +291,17 @@ def test_blockwise_without_context_and_unknown_backend():
         layout.attention_mask("magic")
     with pytest.raises(ValueError, match="training forwards"):
         bb(noise, pos, torch.randn(1, 2, 128), None, layout.attention_mask("blockwise"), bb.new_cache())
+
+
+def test_auto_backend_picks_grouped_on_cpu_and_dense_sdpa_on_cuda():
+    from draftsmith.nn.block_mask import ATTENTION_BACKENDS, GroupedBlockMask, resolve_backend
+
+    assert "auto" in ATTENTION_BACKENDS
+    assert resolve_backend("auto", torch.device("cpu")) == "grouped"
+    assert resolve_backend("auto", torch.device("cuda")) == "sdpa"  # a name only: no GPU needed
+    assert [resolve_backend(b, torch.device("cuda")) for b in ("sdpa", "grouped", "blockwise")] == \
+        ["sdpa", "grouped", "blockwise"]  # explicit choices are kept
+    layout = BlockLayout(torch.tensor([[1, 4]]), 2, 6)
+    auto, grouped = layout.attention_mask("auto"), layout.attention_mask("grouped")
+    assert isinstance(auto, GroupedBlockMask)
+    assert all(torch.equal(a[3], g[3]) and a[:3] == g[:3] for a, g in zip(auto.groups, grouped.groups))

@@ -14,8 +14,8 @@ a sliding window ``W``, ∧ same packed document, ∧ the block is kept) and slo
 when causal (JetSpec variant), always otherwise.
 
 * :class:`BlockLayout` → ``dense_mask()`` bool ``(Bt, 1, N·B, S + N·B)``, ``context_mask()`` ``(Bt, N·B, S)``,
-  ``block_mask()`` ``(B, B)``, ``attention_mask(backend)`` (:data:`ATTENTION_BACKENDS`): ``"sdpa"`` the dense mask
-  (reference), ``"grouped"`` a :class:`GroupedBlockMask`, ``"blockwise"`` a :class:`BlockwiseMask` (consumed by
+  ``block_mask()`` ``(B, B)``, ``attention_mask(backend)`` (:data:`ATTENTION_BACKENDS`): ``"auto"`` one of the others by
+  device (:func:`resolve_backend`), ``"sdpa"`` the dense mask (reference), ``"grouped"`` a :class:`GroupedBlockMask`, ``"blockwise"`` a :class:`BlockwiseMask` (consumed by
   :mod:`draftsmith.nn.attention`). Padding blocks (keep False) see no context but keep their in-block attention,
   so no row is all-masked (SDPA would give NaN).
 * :func:`build_block_mask`, :func:`additive_mask`, :func:`block_position_ids` (slot k at ``pos(a) + k``).
@@ -28,7 +28,18 @@ from typing import Any
 
 import torch
 
-ATTENTION_BACKENDS = ("sdpa", "grouped", "blockwise")
+ATTENTION_BACKENDS = ("auto", "sdpa", "grouped", "blockwise")
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """``"auto"`` → the fastest exact backend measured on ``device`` (``benchmarks/train_step.py --backend``), any
+    other name unchanged. On CUDA a small-shape step is launch-bound (an H200 step at the BENCHMARKS.md DSpark shape
+    ran 5 ms of kernels in 37 ms), so one dense SDPA call per layer (``"sdpa"``) beats ``"grouped"``'s 16 calls
+    and its per-group host syncs by 2.3×; on the CPU the kernels dominate and ``"grouped"`` skips most of the
+    masked-out product (1.75–1.9× the dense path)."""
+    if backend != "auto":
+        return backend
+    return "sdpa" if device.type == "cuda" else "grouped"
 
 
 @dataclasses.dataclass
@@ -96,6 +107,7 @@ class BlockLayout:
     def attention_mask(self, backend: str = "sdpa", blocks_per_group: int = 8) -> Any:
         """What to pass as ``attention_mask`` to the layers for an attention ``backend``:
 
+        * ``"auto"`` → one of the below by the anchors' device (:func:`resolve_backend`);
         * ``"sdpa"`` → the dense bool mask (the reference path);
         * ``"grouped"`` → a :class:`GroupedBlockMask`: consecutive blocks in groups of ``blocks_per_group``, each
           group one SDPA call over only the context its anchors can see (``kv < max anchor``) and its own
@@ -103,6 +115,7 @@ class BlockLayout:
         * ``"blockwise"`` → a :class:`BlockwiseMask`: explicit scores of the context and of the own block, one
           softmax (no SDPA kernel; exact, memory-heavy).
         """
+        backend = resolve_backend(backend, self.anchors.device)
         if backend == "sdpa":
             return self.dense_mask()
         if backend == "grouped":

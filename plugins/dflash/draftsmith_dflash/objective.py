@@ -45,15 +45,17 @@ def bind_heads(draft: Any, heads: TargetHeads) -> None:
 class DFlashObjective:
     """``DFlashObjective(draft, heads, **options)`` — options :data:`~draftsmith_dflash.registry.OBJECTIVE_OPTIONS`
     (``num_anchors`` 512, ``loss_decay_gamma`` 7.0, ``first_slot_weight`` 1.0, ``kd_weight`` 0.0, ``kd_temperature`` 1.0, ``seed`` 0,
-    ``attention_backend`` "grouped"); draft options are accepted and checked against the draft. See the module
+    ``attention_backend`` "auto"); draft options are accepted and checked against the draft. See the module
     docstring.
 
     The objective owns the anchor draws: a :class:`~draftsmith.nn.random_stream.RandomStream` seeded by ``seed``
     (draw i of rank r from ``(seed, r, i)``) whose position :meth:`run_state` saves in training checkpoints.
 
-    ``attention_backend``: ``"sdpa"`` (one dense block mask — the reference), ``"grouped"`` (default: the same
-    dense masks cut per group of blocks to the context they can see, one SDPA call each; equal results, ~2× faster
-    steps at the reference shape) or ``"blockwise"``; see :mod:`draftsmith.nn.block_attention`."""
+    ``attention_backend``: ``"sdpa"`` (one dense block mask — the reference), ``"grouped"`` (the same dense masks
+    cut per group of blocks to the context they can see, one SDPA call each; equal results, ~2× faster CPU steps
+    at the reference shape), ``"blockwise"``, or ``"auto"`` (default: grouped on CPU, sdpa on CUDA, where the
+    launch-bound step favours one call per layer — :func:`draftsmith.nn.block_mask.resolve_backend`); see
+    :mod:`draftsmith.nn.block_attention`."""
 
     def __init__(self, draft: Any, heads: TargetHeads, **options: Any) -> None:
         check_option_names("DFlashObjective", options, set(OBJECTIVE_OPTIONS) | set(DRAFT_OPTIONS), kind="DFlash")

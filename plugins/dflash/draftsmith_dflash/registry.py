@@ -99,7 +99,7 @@ OBJECTIVE_OPTIONS: dict[str, Any] = {
     "first_slot_weight": 1.0,  # multiplies slot 1's weight (the first drafted token; its acceptance gates all)
     "kd_weight": 0.0, "kd_temperature": 1.0,  # optional self-logit distillation term
     "seed": 0,  # of the anchor-draw stream
-    "attention_backend": "grouped",  # see draftsmith.nn.block_mask.ATTENTION_BACKENDS
+    "attention_backend": "auto",  # grouped on CPU, sdpa on CUDA; see draftsmith.nn.block_mask.resolve_backend
 }
 # Drafter options (drafting.DFlashDrafter; ``draftsmith eval --drafter-option``).
 DRAFTER_OPTIONS: dict[str, Any] = {

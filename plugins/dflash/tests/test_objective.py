@@ -203,4 +203,4 @@ def test_method_default_options_build_the_objective(dflash):
     method = draftsmith.get_registry().get_method("dflash")
     objective = method.load_objective()(s.draft, s.heads, **method.default_options)
     assert objective.num_anchors == 512 and objective.target_request().layer_ids == (1, 2)
-    assert objective.attention_backend == "grouped"
+    assert objective.attention_backend == "auto"

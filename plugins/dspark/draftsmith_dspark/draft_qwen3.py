@@ -108,7 +108,7 @@ class Qwen3DSparkModel(BlockBackboneMixin, PreTrainedModel):
         drawn by the objective (:class:`~draftsmith_dspark.objective.DSparkObjective`), so the model holds no
         random state; ``position_ids`` (B, S) restarting at 0 per document when packed; ``attention_backend``
         one of :data:`draftsmith.nn.block_mask.ATTENTION_BACKENDS` (same result: "sdpa" the dense mask, the
-        reference; "grouped" and "blockwise" skip masked-out work)."""
+        reference; "grouped" and "blockwise" skip masked-out work; "auto" picks by device)."""
         cfg = self.config
         bsz, seq_len = input_ids.shape
         gamma = cfg.block_size

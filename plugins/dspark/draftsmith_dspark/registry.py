@@ -110,7 +110,7 @@ OBJECTIVE_OPTIONS: dict[str, Any] = {
     "confidence_head_alpha": 1.0,
     "loss_chunk_size": None,  # slots per vocab chunk; None = loss.default_chunk_size(V)
     "seed": 0,  # of the anchor-draw stream
-    "attention_backend": "grouped",  # see draftsmith.nn.block_mask.ATTENTION_BACKENDS
+    "attention_backend": "auto",  # grouped on CPU, sdpa on CUDA; see draftsmith.nn.block_mask.resolve_backend
     "num_anchors": None,  # anchors per sequence per step; None = the draft config's
 }
 # Drafter options (drafting.DSparkDrafter; ``draftsmith eval --drafter-option``).
