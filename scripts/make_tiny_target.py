@@ -373,11 +373,14 @@ def lr_at(step: int, args) -> float:
     return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
-def train(model, encoded: list[list[int]], args, fingerprint: str, tokenizer, val_samples: list[dict]) -> dict:
+def train(model, encoded: list[list[int]], args, fingerprint: str, tokenizer, val_samples: list[dict],
+          loop_splits: dict[str, list[dict]] | None = None) -> dict:
     """Fixed-step AdamW training.  A checkpoint every ``--ckpt-every`` steps lets ``--resume`` continue a
     killed run bit-exactly (the batch stream is replayed, which costs no model compute).  At each checkpoint
     the validation perplexity is measured and the best weights so far are kept: several epochs over a 1 M-token
-    corpus can overfit, and the shipped weights are those of the best validation step."""
+    corpus can overfit, and the shipped weights are those of the best validation step.  With ``loop_splits``
+    (``--checkpoint-loop-check``) each checkpoint also records the loop rate of every named split — a
+    measurement of how the loop rate moves with training, not a selection criterion."""
     import torch
 
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
@@ -432,11 +435,16 @@ def train(model, encoded: list[list[int]], args, fingerprint: str, tokenizer, va
                 trained = {k: v.clone() for k, v in model.state_dict().items()}
                 model.load_state_dict({k: v.float() for k, v in shipped.items()})
                 vnll, vn = assistant_nll(model, tokenizer, val_samples)
+                loops = {name: length_limit_rate(model, tokenizer, split)
+                         for name, split in (loop_splits or {}).items()}
                 model.load_state_dict(trained)
             model.train()
             val_ppl = math.exp(vnll / vn)
-            state["val_log"].append({"step": step + 1, "val_ppl": round(val_ppl, 3)})
+            entry = {"step": step + 1, "val_ppl": round(val_ppl, 3)}
+            entry.update({f"{name}_length_limit": f"{hit}/{total}" for name, (hit, total) in loops.items()})
+            state["val_log"].append(entry)
             print(f"step {step + 1:5d}  validation perplexity {val_ppl:.2f}"
+                  + "".join(f"  {name} loops {hit}/{total}" for name, (hit, total) in loops.items())
                   + ("  (best so far)" if val_ppl < state["best_val_ppl"] else ""), flush=True)
             if val_ppl < state["best_val_ppl"]:
                 state["best_val_ppl"], state["best_step"] = val_ppl, step + 1
@@ -582,6 +590,9 @@ def parse_args(argv=None):
     p.add_argument("--loop-check-prompts", type=int, default=-1,
                    help="greedy-decode this many held-out prompts for the loop rate in build_info.json "
                         "(-1 = all, 0 = skip)")
+    p.add_argument("--checkpoint-loop-check", action="store_true",
+                   help="also measure the validation and held-out loop rates at every checkpoint (logged in "
+                        "build_info.json's validation_log; the shipped step is still chosen by perplexity)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --work-dir")
     return p.parse_args(argv)
 
@@ -635,7 +646,8 @@ def main(argv=None) -> None:
     print(f"model: {n_params:,} parameters")
     fingerprint = json.dumps([corpus_sha, args.seed, args.vocab_size, args.num_layers, args.steps,
                               args.batch_size, args.seq_len, args.lr, args.warmup, args.precision])
-    stats = train(model, encoded, args, fingerprint, tokenizer, val_samples)
+    loop_splits = {"validation": val_samples, "heldout": heldout_samples} if args.checkpoint_loop_check else None
+    stats = train(model, encoded, args, fingerprint, tokenizer, val_samples, loop_splits)
     print(f"shipping the weights of step {stats['best_step']} (validation perplexity {stats['best_val_ppl']:.2f})")
 
     # Ship bf16 (fp32 would not fit the 12 MB budget); every metric below is measured on the bf16-rounded
