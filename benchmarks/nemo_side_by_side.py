@@ -137,7 +137,12 @@ def _nemo_dspark(setup, attention: str):
             nemo_draft.sample_anchor_positions = own_sampler
         else:
             nemo_draft.sample_anchor_positions = lambda *, loss_mask, **_: fn(loss_mask.bool())
-    return model, step, use_anchors, {}
+    options = {"loss_decay_gamma": objective.loss_decay_gamma,
+               "first_slot_weight": dict(setup.config.method_options).get("first_slot_weight", 1.0)}
+    if options["first_slot_weight"] != 1.0:  # the same-batch losses then differ by design
+        print(f"note: our objective has {options}; NeMo's compute_dspark_loss has no first-slot weight",
+              file=sys.stderr)
+    return model, step, use_anchors, options
 
 
 def nemo_train(args) -> int:
