@@ -11,10 +11,16 @@ target's own output (measured on a tiny Qwen3.5: the state after a 3-token forwa
 by 1.7e-2, enough to flip argmaxes). So for such targets the engine snapshots those layers before verifying and,
 after a rejection, restores them and re-runs the committed tokens (:func:`snapshot_recurrent`,
 :func:`rewind_recurrent`): one extra target forward of ``accepted + 1`` tokens per rejected round.
+
+transformers 5.25 lets those layers keep their last ``n`` recurrent states for an exact crop
+(``activate_past_recording(recurrent_states_to_keep=n)``) — and its forward fails on the default ``None``, and its
+crop on a history shorter than the crop. :func:`enable_rollback` passes the verification length where that argument
+exists; the snapshot-and-recompute path stays the same on every version.
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Sequence
 
 import torch
@@ -29,10 +35,26 @@ def new_cache(model: Any) -> Any:
     return DynamicCache(config=model.config)
 
 
-def enable_rollback(cache: Any) -> None:
+def records_recurrent_history(cache: Any) -> bool:
+    """Whether the cache's linear-attention layers can keep recurrent states for an exact crop (transformers
+    ≥ 5.25: ``activate_past_recording(recurrent_states_to_keep=n)``)."""
+    for layer in getattr(cache, "layers", ()):
+        activate = getattr(layer, "activate_past_recording", None)
+        if activate is not None and "recurrent_states_to_keep" in inspect.signature(activate).parameters:
+            return True
+    return False
+
+
+def enable_rollback(cache: Any, max_rollback: int = 0) -> None:
     """Let sliding-window / recurrent layers roll back (HF only keeps what a crop can undo once asked to).
-    Called after the prefill, as transformers' own assisted decoding does, to avoid a prefill memory spike."""
-    if hasattr(cache, "activate_past_recording"):
+    Called after the prefill, as transformers' own assisted decoding does, to avoid a prefill memory spike.
+    ``max_rollback``: the most positions one crop will remove (the verification length), recorded as recurrent
+    states where transformers supports it (:func:`records_recurrent_history`)."""
+    if not hasattr(cache, "activate_past_recording"):
+        return
+    if records_recurrent_history(cache):
+        cache.activate_past_recording(recurrent_states_to_keep=int(max_rollback))
+    else:
         cache.activate_past_recording()
 
 

@@ -100,7 +100,7 @@ class SpeculativeDecoder:
         with self.capture:
             first = pick_token(prefill(self.target, ids, cache).logits[0, -1], self.sampling, self.generator)
             tokens = [int(first)]
-            kv.enable_rollback(cache)
+            kv.enable_rollback(cache, self.num_draft_tokens + 1)  # a round verifies at most k + 1 rows
             if tokens[-1] not in self.eos and max_new_tokens > 1:
                 self.drafter.start(ids, self.capture.features())
             synchronize(self.device)
