@@ -105,12 +105,28 @@ def _oracle_run(arch: str, corrupt_every: int):
 
 
 @pytest.mark.parametrize("arch", HYBRID)
-def test_hybrid_linear_attention_targets_stay_lossless_after_rejections(arch):
-    """transformers' crop does not roll back a linear-attention layer's recurrent state; the engine restores a
-    snapshot and re-runs the committed tokens, so rejected drafts leave no trace."""
+def test_hybrid_linear_attention_targets_stay_lossless_after_rejections(arch, monkeypatch):
+    """Before transformers 5.25 its crop does not roll back a linear-attention layer's recurrent state: the engine
+    restores a snapshot and re-runs the committed tokens. From 5.25 the layers record the states a crop needs and
+    the engine crops them like the others (no recompute forward). Either way rejected drafts leave no trace."""
+    from transformers import DynamicCache
+
+    from draftsmith.decode import SpeculativeDecoder
+    from draftsmith.decode import cache as kv
+
+    recomputes = []
+    original = SpeculativeDecoder._recompute
+    monkeypatch.setattr(SpeculativeDecoder, "_recompute",
+                        lambda self, *a, **k: (recomputes.append(1), original(self, *a, **k))[1])
     out, ref = _oracle_run(arch, corrupt_every=3)
     assert any(r.accepted < r.drafted for r in out.rounds), "no round was rejected: the test would prove nothing"
     assert out.tokens == ref
+    probe = DynamicCache(config=make_tiny_target(tiny_target_config(arch)).config)
+    assert kv.has_recurrent_layers(probe)
+    if kv.records_recurrent_history(probe):
+        assert not recomputes  # transformers' own crop was exact
+    else:
+        assert len(recomputes) == sum(r.accepted < r.drafted for r in out.rounds)
 
 
 def test_tree_drafting_on_a_linear_attention_target_is_refused():

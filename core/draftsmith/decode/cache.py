@@ -15,7 +15,8 @@ after a rejection, restores them and re-runs the committed tokens (:func:`snapsh
 transformers 5.25 lets those layers keep their last ``n`` recurrent states for an exact crop
 (``activate_past_recording(recurrent_states_to_keep=n)``) — and its forward fails on the default ``None``, and its
 crop on a history shorter than the crop. :func:`enable_rollback` passes the verification length where that argument
-exists; the snapshot-and-recompute path stays the same on every version.
+exists, and the engine then crops those layers like the others (no snapshot, no recompute forward); older
+versions keep the snapshot-and-recompute path.
 """
 
 from __future__ import annotations
@@ -100,6 +101,19 @@ def compact(cache: Any, block_len: int, keep: Sequence[int]) -> None:
 
 def _recurrent_layers(cache: Any) -> list[Any]:
     return [layer for layer in getattr(cache, "layers", ()) if hasattr(layer, "recurrent_states")]
+
+
+def has_recurrent_layers(cache: Any) -> bool:
+    """Whether the cache holds linear-attention layers (a recurrent state with no sequence axis)."""
+    return bool(_recurrent_layers(cache))
+
+
+def recurrent_rollback_depth(cache: Any) -> int:
+    """How many positions a crop can exactly undo in every linear-attention layer: the recurrent states each one
+    records (transformers >= 5.25, after :func:`enable_rollback`), 0 where none are recorded."""
+    depths = [int(getattr(layer, "recurrent_states_to_keep", 0) or 0) if getattr(layer, "record_past", False) else 0
+              for layer in _recurrent_layers(cache)]
+    return min(depths, default=0)
 
 
 def snapshot_recurrent(cache: Any) -> list[tuple[dict, dict, dict]] | None:

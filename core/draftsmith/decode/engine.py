@@ -125,8 +125,12 @@ class SpeculativeDecoder:
         draft_ids, tree, draft_probs = self._check(proposal, k)  # reads the tokens: synchronises
         t1 = time.perf_counter()
 
-        recurrent = kv.snapshot_recurrent(cache)  # linear-attention state cannot be cropped: keep a copy
-        if recurrent is not None and not tree.is_chain:
+        linear = kv.has_recurrent_layers(cache)
+        # linear-attention state: transformers >= 5.25 records what its crop needs (enable_rollback); older ones
+        # cannot crop it, so keep a copy to restore and recompute from after a rejection
+        exact_crop = linear and kv.recurrent_rollback_depth(cache) >= tree.num_tokens + 1
+        recurrent = kv.snapshot_recurrent(cache) if linear and not exact_crop else None
+        if linear and not tree.is_chain:
             raise DraftsmithError("tree verification cannot run on a target with linear-attention layers (their "
                                   "recurrent state sees every node in order, not the tree's ancestors); use chain "
                                   "drafting (e.g. eagle1 instead of eagle2)")
