@@ -121,7 +121,7 @@ def test_hybrid_linear_attention_targets_stay_lossless_after_rejections(arch, mo
     out, ref = _oracle_run(arch, corrupt_every=3)
     assert any(r.accepted < r.drafted for r in out.rounds), "no round was rejected: the test would prove nothing"
     assert out.tokens == ref
-    probe = DynamicCache(config=make_tiny_target(tiny_target_config(arch)).config)
+    probe = DynamicCache(config=tiny_target_config(arch))
     assert kv.has_recurrent_layers(probe)
     if kv.records_recurrent_history(probe):
         assert not recomputes  # transformers' own crop was exact
@@ -146,7 +146,8 @@ def test_tree_drafting_on_a_linear_attention_target_is_refused():
 def test_rewinding_a_linear_attention_cache_is_exact_where_crop_is_not(arch):
     """Prefill, verify 4 drafts, keep 1: the next logits after the engine's rewind + recompute equal a forward
     without cache; after transformers' own crop they do not (its crop leaves the rejected drafts in the
-    recurrent state) — unless it records recurrent states for the crop (transformers ≥ 5.25), when both are exact."""
+    recurrent state) — unless it records recurrent states for the crop (transformers ≥ 5.25): then both are
+    exact."""
     from transformers import DynamicCache
 
     from draftsmith.decode import cache as kv

@@ -14,10 +14,11 @@ a sliding window ``W``, ∧ same packed document, ∧ the block is kept) and slo
 when causal (JetSpec variant), always otherwise.
 
 * :class:`BlockLayout` → ``dense_mask()`` bool ``(Bt, 1, N·B, S + N·B)``, ``context_mask()`` ``(Bt, N·B, S)``,
-  ``block_mask()`` ``(B, B)``, ``attention_mask(backend)`` (:data:`ATTENTION_BACKENDS`): ``"auto"`` one of the others by
-  device (:func:`resolve_backend`), ``"sdpa"`` the dense mask (reference), ``"grouped"`` a :class:`GroupedBlockMask`, ``"blockwise"`` a :class:`BlockwiseMask` (consumed by
-  :mod:`draftsmith.nn.attention`). Padding blocks (keep False) see no context but keep their in-block attention,
-  so no row is all-masked (SDPA would give NaN).
+  ``block_mask()`` ``(B, B)``, ``attention_mask(backend)`` (:data:`ATTENTION_BACKENDS`): ``"auto"`` one of the
+  others by device (:func:`resolve_backend`), ``"sdpa"`` the dense mask (reference), ``"grouped"`` a
+  :class:`GroupedBlockMask`, ``"blockwise"`` a :class:`BlockwiseMask` (consumed by :mod:`draftsmith.nn.attention`).
+  Padding blocks (keep False) see no context but keep their in-block attention, so no row is all-masked (SDPA
+  would give NaN).
 * :func:`build_block_mask`, :func:`additive_mask`, :func:`block_position_ids` (slot k at ``pos(a) + k``).
 """
 

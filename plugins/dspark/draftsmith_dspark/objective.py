@@ -37,9 +37,9 @@ class DSparkObjective:
     terms), ``ce_loss_alpha`` 0.1, ``l1_loss_alpha`` 0.9,
     ``confidence_head_alpha`` 1.0, ``loss_chunk_size`` None (slots per vocab chunk; None =
     ``loss.default_chunk_size(V)``: 128 at Qwen3's vocab, 1024 at V = 8192), ``seed`` 0 (anchor draws),
-    ``attention_backend`` "auto" (grouped on CPU, sdpa on CUDA: ``draftsmith.nn.block_mask.resolve_backend``), ``num_anchors``
-    None (= the draft config's, 512). Draft options (``block_size``, ``markov_rank``, ...) belong to the draft;
-    given here they must agree with the draft's config.
+    ``attention_backend`` "auto" (grouped on CPU, sdpa on CUDA: ``draftsmith.nn.block_mask.resolve_backend``),
+    ``num_anchors`` None (= the draft config's, 512). Draft options (``block_size``, ``markov_rank``, ...) belong
+    to the draft; given here they must agree with the draft's config.
 
     The objective owns the anchor draws: a :class:`~draftsmith.nn.random_stream.RandomStream` seeded by ``seed``
     (draw i of rank r from ``(seed, r, i)``: different on every rank, reproducible) whose position
